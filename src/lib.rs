@@ -1,0 +1,11 @@
+//! gfer: generalizable facial expression recognition (CAFE, ECCV 2024) in Rust.
+//!
+//! The data flow: data set -> [`image`] preprocessing -> frozen [`backbone::Encoder`]
+//! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
+
+pub mod backbone;
+pub mod error;
+pub mod labels;
+
+pub use error::{Error, Result};
+pub use labels::Expression;
