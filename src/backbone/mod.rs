@@ -1,5 +1,7 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
 
+pub mod weights;
+
 use crate::error::Result;
 use candle_core::Tensor;
 
