@@ -40,6 +40,14 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A face detector that failed on an image (or whose built-in model is unreadable).
+    #[error("face detection: {0}")]
+    Detection(String),
+
+    /// A model that returned something unusable (wrong shape, no classes).
+    #[error("inference: {0}")]
+    Inference(String),
 }
 
 impl Error {

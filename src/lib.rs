@@ -4,10 +4,14 @@
 //! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
 
 pub mod backbone;
+pub mod detect;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod image;
 pub mod labels;
+pub mod predict;
+pub mod serve;
 pub mod tensorfile;
 
 pub use error::{Error, Result};

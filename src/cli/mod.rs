@@ -1,6 +1,9 @@
 //! The `gfer` command line: one small file per subcommand, parsing and printing only;
 //! the work happens in the library.
 
+pub mod predict;
+pub mod serve;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,8 +21,16 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Find the faces in photos and predict their expressions.
+    Predict(predict::PredictArgs),
+    /// Serve predictions over HTTP.
+    Serve(serve::ServeArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
+    }
 }
