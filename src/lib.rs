@@ -5,6 +5,7 @@
 
 pub mod backbone;
 pub mod error;
+pub mod image;
 pub mod labels;
 
 pub use error::{Error, Result};
