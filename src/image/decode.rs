@@ -62,10 +62,10 @@ fn describe(format: ImageFormat, err: ImageError) -> String {
     }
 }
 
-/// A JPEG whose entropy-coded data stops early can decode "successfully" (the missing
-/// part comes out grey). Pillow refuses such a file; so do we: a
-/// complete JPEG ends with the EOI marker FF D9, possibly followed by padding or an
-/// appended trailer, so the marker must appear in the last part of the file.
+/// A JPEG cut short can decode "successfully" (the missing part filled in). Pillow
+/// refuses a file that ends without the end-of-image marker FF D9; so do we. The marker
+/// may be followed by padding or an appended trailer, so the last 64 KiB are searched.
+/// (Like Pillow, a file cut short whose last bytes happen to hold FF D9 is accepted.)
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
     const TAIL: usize = 64 * 1024;
     let tail = &bytes[bytes.len().saturating_sub(TAIL)..];
