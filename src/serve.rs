@@ -14,10 +14,13 @@
 //! |---|---|
 //! | body size `max_body_bytes` (declared or actual) | 413 |
 //! | pixels `max_pixels`, read from the image header before decoding | 422 |
+//! | `request_timeout` while the headers arrive | connection closed |
 //! | `request_timeout` while the body arrives | 408 |
 //! | `request_timeout` while waiting for the model | 503 + `Retry-After` |
 //! | `queue_capacity` images waiting for the model | 503 + `Retry-After` |
 //! | `max_connections` open connections | further connections wait to be accepted |
+//!
+//! Idle keep-alive connections are closed after `request_timeout` too.
 //!
 //! Other bad requests: empty body 400, unreadable multipart form 400, no image field 400,
 //! not an image 415, corrupt image 400, unknown route 404, wrong method 405. Every error
@@ -41,18 +44,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use batcher::{Batcher, SubmitError};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics::Metrics;
 use serde::Serialize;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// Everything `gfer serve` can be told; each limit's answer is in the module docs.
 #[derive(Clone, Debug)]
@@ -170,30 +172,65 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, finishes the requests in
     /// flight and the model worker's queue, and returns.
+    ///
+    /// Connections are served by hyper directly (not `axum::serve`) for two limits axum
+    /// does not offer: at most `max_connections` open at once (the rest wait in the
+    /// kernel's backlog), and the request timeout applied to reading each request's
+    /// headers too, so slow or silent clients cannot hold connections forever.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let addr = self.local_addr()?;
-        let listener = LimitedListener {
-            listener: self.listener,
-            permits: self.state.connections.clone(),
-        };
-        let state = self.state.clone();
-        let signal = async move {
-            shutdown.await;
-            state.accepting.store(false, Ordering::SeqCst);
-            tracing::info!("shutting down: finishing requests in flight");
-        };
+        let app = router(self.state.clone());
+        // HTTP/1.1 only: its header timer starts as soon as a connection opens, where the
+        // HTTP/2-sniffing auto builder would wait for a silent client's first bytes forever.
+        let mut connections = hyper::server::conn::http1::Builder::new();
+        connections
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.state.config.request_timeout);
+        let in_flight = hyper_util::server::graceful::GracefulShutdown::new();
         tracing::info!("serving on http://{addr}");
-        let served = axum::serve(listener, router(self.state.clone()))
-            .with_graceful_shutdown(signal)
-            .await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = self.state.connections.clone().acquire_owned() => permit,
+                () = &mut shutdown => break,
+            };
+            // The semaphore is never closed.
+            let Ok(permit) = permit else { break };
+            let (stream, _) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, do not spin.
+                        tracing::warn!("accepting a connection failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(app.clone());
+            let connection = connections.serve_connection(TokioIo::new(stream), service);
+            let connection = in_flight.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!("connection ended: {err}");
+                }
+                drop(permit);
+            });
+        }
+        self.state.accepting.store(false, Ordering::SeqCst);
+        tracing::info!("shutting down: finishing requests in flight");
+        drop(self.listener);
+        in_flight.shutdown().await;
         // Every request has been answered: the worker finishes what is queued and stops.
         self.state.batcher.close();
         let worker = self.worker;
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        served.map_err(|err| Error::io(format!("serve on {addr}"), err))
+        Ok(())
     }
 }
 
@@ -595,92 +632,4 @@ async fn count_requests(
         .metrics
         .record_request(&route, response.status().as_u16(), latency);
     response
-}
-
-/// Accepts a connection only while fewer than `max_connections` are open; the others wait
-/// in the kernel's backlog. Each connection holds a permit until it closes.
-struct LimitedListener {
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                // The semaphore is never closed; wait forever rather than spin.
-                std::future::pending::<()>().await;
-                continue;
-            };
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        LimitedStream {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accepting a connection failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

@@ -304,6 +304,57 @@ async fn a_body_that_does_not_arrive_in_time_gets_408() {
     server.shutdown().await;
 }
 
+/// Slow, silent or idle clients cannot hold connections: each is closed once the
+/// request timeout passes without complete headers, which frees its place under the
+/// connection limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_connections_are_closed_after_the_timeout() {
+    let server = start_with(
+        Arc::new(MeanColour),
+        ServeConfig {
+            request_timeout: Duration::from_millis(300),
+            max_connections: 3,
+            ..config()
+        },
+    )
+    .await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /v1/predict HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(raw_status(&mut idle).await, Some(200));
+    for stream in [&mut slow, &mut silent, &mut idle] {
+        // Whatever is still unread (the idle one's response body) comes first, then EOF.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buffer = [0u8; 256];
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closes the connection");
+    }
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(
+            &reqwest::Client::new(),
+            &server.url("/v1/predict"),
+            png([250, 0, 0]),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.shutdown().await;
+}
+
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     for _ in 0..500 {
         if condition() {
@@ -392,7 +443,7 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     let client = reqwest::Client::new();
     let waiting = tokio::spawn(post_owned(
         client,
-        server.url("/healthz").replace("/healthz", "/v1/predict"),
+        server.url("/v1/predict"),
         png([250, 0, 0]),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -11,7 +11,8 @@ use std::time::Duration;
 Routes: POST /v1/predict (image as the raw body or a multipart field named \"image\"), \
 GET /healthz, GET /readyz, GET /metrics (Prometheus).
 Over a limit: body 413, pixels 422, queue full 503 + Retry-After, body not received in \
-time 408, no prediction in time 503 + Retry-After. SIGTERM or Ctrl-C stops accepting \
+time 408, no prediction in time 503 + Retry-After; connections without complete headers \
+within the request timeout (slow, silent or idle) are closed. SIGTERM or Ctrl-C stops accepting \
 and finishes the requests in flight.
 
 Example:
