@@ -78,7 +78,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
     /// Refuse images with more pixels than this (protects memory).
-    #[arg(long, default_value_t = 100_000_000, value_name = "PIXELS")]
+    #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS, value_name = "PIXELS")]
     pub max_pixels: u64,
 }
 
