@@ -40,6 +40,10 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A data set that cannot be used as asked: unknown kind, missing path, empty split.
+    #[error("data set {spec}: {message}")]
+    Dataset { spec: String, message: String },
 }
 
 impl Error {

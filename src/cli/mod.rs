@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod data;
+
 #[derive(Parser)]
 #[command(
     name = "gfer",
@@ -18,8 +20,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
+    Data(data::DataArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Data(args) => data::run(args),
+    }
 }
