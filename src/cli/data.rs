@@ -106,7 +106,7 @@ fn stats_table(stats: &Stats) -> String {
         if !s.dropped.is_empty() {
             out.push_str(&format!("{split}: dropped: {}\n", list(&s.dropped)));
         }
-        out.push_str(&format!("{split}: sizes: {}\n", list(&s.sizes)));
+        out.push_str(&format!("{split}: sizes: {}\n", most_common(&s.sizes, 5)));
         out.push_str(&format!("{split}: colour: {}\n", list(&s.colour)));
         for unreadable in &s.unreadable {
             out.push_str(&format!("{split}: unreadable: {unreadable}\n"));
@@ -122,6 +122,27 @@ fn stats_table(stats: &Stats) -> String {
         }
     }
     out
+}
+
+/// The `shown` most frequent entries (`key n`), then how many others there are: data
+/// sets of uncropped photos have thousands of sizes.
+fn most_common(map: &std::collections::BTreeMap<String, usize>, shown: usize) -> String {
+    let mut entries: Vec<(&String, &usize)> = map.iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut text = entries
+        .iter()
+        .take(shown)
+        .map(|(key, n)| format!("{key} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if entries.len() > shown {
+        let rest: usize = entries[shown..].iter().map(|(_, n)| **n).sum();
+        text.push_str(&format!(
+            " and {} other sizes ({rest} images)",
+            entries.len() - shown
+        ));
+    }
+    text
 }
 
 fn check_text(report: &CheckReport) -> String {

@@ -58,7 +58,8 @@ pub struct ImageInfo {
     pub colour: String,
 }
 
-/// Reads only the header of the image (and cuts its face box to it).
+/// Reads only the header of the image (and cuts its face box to it): the size the
+/// decoded image will have.
 pub fn image_info(source: &ImageSource) -> Result<ImageInfo> {
     use ::image::ImageDecoder;
     match source {
@@ -72,13 +73,24 @@ pub fn image_info(source: &ImageSource) -> Result<ImageInfo> {
                 path: path.display().to_string(),
                 reason,
             };
-            let decoder = ::image::ImageReader::open(path)
+            let mut decoder = ::image::ImageReader::open(path)
                 .map_err(|e| Error::io(path, e))?
                 .with_guessed_format()
                 .map_err(|e| Error::io(path, e))?
                 .into_decoder()
                 .map_err(|e| image_error(e.to_string()))?;
-            let (width, height) = decoder.dimensions();
+            let (stored_width, stored_height) = decoder.dimensions();
+            // Decoding applies the EXIF orientation, which turns some images on their side.
+            use ::image::metadata::Orientation;
+            let (width, height) = match decoder.orientation() {
+                Ok(
+                    Orientation::Rotate90
+                    | Orientation::Rotate270
+                    | Orientation::Rotate90FlipH
+                    | Orientation::Rotate270FlipH,
+                ) => (stored_height, stored_width),
+                _ => (stored_width, stored_height),
+            };
             let colour = colour_name(decoder.color_type());
             let (width, height) = match crop {
                 None => (width, height),
