@@ -5,8 +5,11 @@
 
 pub mod backbone;
 pub mod data;
+pub mod draw;
 pub mod error;
+pub mod eval;
 pub mod labels;
+pub mod tensorfile;
 
 pub use error::{Error, Result};
 pub use labels::Expression;
