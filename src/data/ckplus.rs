@@ -39,6 +39,9 @@ pub(super) fn load(spec: &Spec, builder: &mut Builder) -> Result<()> {
         )));
     }
     let split = folder::unsplit(spec)?;
+    builder.note(format!(
+        "CK+ has no official split: every image is in the {split} split"
+    ));
     let neutral_first = match spec.option("neutral") {
         None | Some("none") => false,
         Some("first") => true,
