@@ -8,6 +8,7 @@ pub mod data;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod image;
 pub mod labels;
 pub mod tensorfile;
 
