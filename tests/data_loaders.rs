@@ -5,7 +5,8 @@
 
 mod common;
 
-use gfer::data::{open, Dataset, DecodeLimits, LoadOptions, Sample, Split};
+use gfer::data::{open, Dataset, LoadOptions, Sample, Split};
+use gfer::image::DecodeLimits;
 use gfer::Expression::{self, *};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

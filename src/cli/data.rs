@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use gfer::data::check::{check, CheckReport};
 use gfer::data::stats::{stats, Stats};
-use gfer::data::{kinds_help, DecodeLimits, LoadOptions};
+use gfer::data::{kinds_help, LoadOptions};
+use gfer::image::DecodeLimits;
 use gfer::Expression;
 
 #[derive(Args)]

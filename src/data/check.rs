@@ -3,7 +3,8 @@
 //! set and as CSV pixels in another is found), listed images that are missing, and
 //! label-file lines that do not parse.
 
-use super::{BadLine, Dataset, DecodeLimits, DropReason, Split};
+use super::{BadLine, Dataset, DropReason, Split};
+use crate::image::DecodeLimits;
 use crate::Expression;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;

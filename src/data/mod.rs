@@ -22,6 +22,7 @@ mod sfew;
 pub mod spec;
 pub mod stats;
 
+use crate::image::{DecodeLimits, RgbImage};
 use crate::{Error, Expression, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -121,10 +122,10 @@ pub enum ImageSource {
 impl ImageSource {
     /// Decodes the image as 8-bit RGB (grey images get three identical channels), cropped
     /// to its face box if it has one.
-    pub fn load(&self, limits: &DecodeLimits) -> Result<::image::RgbImage> {
+    pub fn load(&self, limits: &DecodeLimits) -> Result<RgbImage> {
         match self {
             ImageSource::File { path, crop } => {
-                let image = decode_file(path, limits)?;
+                let image = crate::image::open(path, limits)?;
                 match crop {
                     None => Ok(image),
                     Some(crop) => {
@@ -197,43 +198,6 @@ impl ImageSource {
         hasher.update(image.as_raw());
         Ok(hasher.finalize().to_hex().to_string())
     }
-}
-
-/// Limits on what an image file may decode to.
-// TODO(merge): replaced by `crate::image::DecodeLimits` once the image module lands.
-#[derive(Clone, Debug)]
-pub struct DecodeLimits {
-    pub max_pixels: u64,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        DecodeLimits {
-            max_pixels: 64 * 1024 * 1024,
-        }
-    }
-}
-
-// TODO(merge): replaced by `crate::image::open` once the image module lands.
-fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<::image::RgbImage> {
-    let image_error = |reason: String| Error::Image {
-        path: path.display().to_string(),
-        reason,
-    };
-    let reader = ::image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let image = reader.decode().map_err(|e| image_error(e.to_string()))?;
-    if image.width() as u64 * image.height() as u64 > limits.max_pixels {
-        return Err(image_error(format!(
-            "{}x{} is larger than the limit of {} pixels",
-            image.width(),
-            image.height(),
-            limits.max_pixels
-        )));
-    }
-    Ok(image.to_rgb8())
 }
 
 /// One labelled image.
