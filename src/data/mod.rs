@@ -182,21 +182,14 @@ impl ImageSource {
         }
     }
 
-    /// blake3 of the decoded RGB pixels and their size, hex. Hashing pixels rather than
-    /// file bytes finds the same face stored as a PNG in one data set and as CSV pixels in
-    /// another (MMA vs FER2013).
+    /// [`crate::image::content_hash`] of the decoded image.
     pub fn content_hash(&self) -> Result<String> {
         self.content_hash_within(&DecodeLimits::default())
     }
 
     /// [`ImageSource::content_hash`] under the given decode limits.
     pub fn content_hash_within(&self, limits: &DecodeLimits) -> Result<String> {
-        let image = self.load(limits)?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&image.width().to_le_bytes());
-        hasher.update(&image.height().to_le_bytes());
-        hasher.update(image.as_raw());
-        Ok(hasher.finalize().to_hex().to_string())
+        Ok(crate::image::content_hash(&self.load(limits)?))
     }
 }
 
