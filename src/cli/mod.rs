@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "gfer",
@@ -18,8 +20,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
+    Bench(bench::BenchArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Bench(args) => bench::run(args),
+    }
 }
