@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod data;
 
 #[derive(Parser)]
@@ -23,10 +24,13 @@ pub struct Cli {
 pub enum Command {
     /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
     Data(data::DataArgs),
+    /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
