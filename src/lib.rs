@@ -6,6 +6,8 @@
 pub mod backbone;
 pub mod error;
 pub mod labels;
+pub mod model;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use labels::Expression;
