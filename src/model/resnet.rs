@@ -48,7 +48,7 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.conv2d(self.weight.1.as_tensor(), self.padding, self.stride, 1, 1)?)
+        Ok(ops::conv2d(x, self.weight.1.as_tensor(), self.stride, self.padding)?)
     }
 }
 
