@@ -11,7 +11,9 @@ pub mod error;
 pub mod eval;
 pub mod image;
 pub mod labels;
+pub mod model;
 pub mod tensorfile;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use labels::Expression;
