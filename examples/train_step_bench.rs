@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
     let batch = args.first().copied().unwrap_or(32);
     let steps = args.get(1).copied().unwrap_or(3);
     let side = args.get(2).copied().unwrap_or(224);
@@ -23,7 +26,12 @@ fn main() -> anyhow::Result<()> {
     let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
     let images = Tensor::randn(0f32, 1., (batch, 3, side, side), &device)?;
     let features = Tensor::randn(0f32, 0.5, (batch, cfg.feature_dim), &device)?;
-    let labels = Tensor::new((0..batch).map(|i| (i % cfg.classes) as u32).collect::<Vec<_>>(), &device)?;
+    let labels = Tensor::new(
+        (0..batch)
+            .map(|i| (i % cfg.classes) as u32)
+            .collect::<Vec<_>>(),
+        &device,
+    )?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3407);
     let mut times = Vec::new();
     // One warm-up step, then the timed ones.

@@ -25,7 +25,9 @@ const HOW_TO_GET: &str = "run `scripts/make_reference.py cafe --testtime`";
 
 fn device() -> Device {
     match std::env::var("GFER_PARITY_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("GFER_PARITY_DEVICE=cuda needs a GPU and --features cuda"),
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("GFER_PARITY_DEVICE=cuda needs a GPU and --features cuda")
+        }
         _ => Device::Cpu,
     }
 }
@@ -38,9 +40,20 @@ struct Report {
 }
 
 impl Report {
-    fn compare(&mut self, kind: &'static str, name: &str, ours: &Tensor, expected: &Tensor, tol: f64) {
+    fn compare(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        ours: &Tensor,
+        expected: &Tensor,
+        tol: f64,
+    ) {
         if ours.dims() != expected.dims() {
-            self.failures.push(format!("{name}: shape {:?}, expected {:?}", ours.dims(), expected.dims()));
+            self.failures.push(format!(
+                "{name}: shape {:?}, expected {:?}",
+                ours.dims(),
+                expected.dims()
+            ));
             return;
         }
         let values = |t: &Tensor| -> Vec<f32> {
@@ -52,14 +65,22 @@ impl Report {
         };
         let (a, b) = (values(ours), values(expected));
         let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
-        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64));
-        let rel = if a.iter().all(|v| v.is_finite()) { diff / scale } else { f64::INFINITY };
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+        let rel = if a.iter().all(|v| v.is_finite()) {
+            diff / scale
+        } else {
+            f64::INFINITY
+        };
         let entry = self.worst.entry(kind).or_insert((0.0, String::new()));
         if rel > entry.0 {
             *entry = (rel, name.to_string());
         }
         if rel > tol {
-            self.failures.push(format!("{name}: relative error {rel:.2e} > {tol:.0e}"));
+            self.failures
+                .push(format!("{name}: relative error {rel:.2e} > {tol:.0e}"));
         }
     }
 }
@@ -68,8 +89,12 @@ fn meta<T: std::str::FromStr>(metadata: &HashMap<String, String>, key: &str, fil
     let text = metadata
         .get(key)
         .unwrap_or_else(|| panic!("{}: metadata lacks `{key}`", file.display()));
-    text.parse()
-        .unwrap_or_else(|_| panic!("{}: metadata `{key}` = {text:?} does not parse", file.display()))
+    text.parse().unwrap_or_else(|_| {
+        panic!(
+            "{}: metadata `{key}` = {text:?} does not parse",
+            file.display()
+        )
+    })
 }
 
 fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, file: &Path) -> &'a Tensor {
@@ -88,7 +113,10 @@ fn replay(file: &Path, device: &Device) -> Report {
     let widths = match metadata.get("widths") {
         None => RESNET18_WIDTHS,
         Some(text) => {
-            let w: Vec<usize> = text.split(',').map(|v| v.trim().parse().expect("widths")).collect();
+            let w: Vec<usize> = text
+                .split(',')
+                .map(|v| v.trim().parse().expect("widths"))
+                .collect();
             w.try_into().expect("four widths")
         }
     };
@@ -112,11 +140,21 @@ fn replay(file: &Path, device: &Device) -> Report {
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("init.").map(|n| (n.to_string(), v.clone())))
         .collect();
-    let model = Cafe::new(init_var_builder(given.clone(), 0, device), &cfg).expect("model from init.*");
-    let model_names: BTreeSet<String> =
-        model.trainable_vars().into_iter().chain(model.buffers()).map(|(n, _)| n).collect();
+    let model =
+        Cafe::new(init_var_builder(given.clone(), 0, device), &cfg).expect("model from init.*");
+    let model_names: BTreeSet<String> = model
+        .trainable_vars()
+        .into_iter()
+        .chain(model.buffers())
+        .map(|(n, _)| n)
+        .collect();
     let given_names: BTreeSet<String> = given.keys().cloned().collect();
-    assert_eq!(model_names, given_names, "{}: init.* must be exactly the model's tensors", file.display());
+    assert_eq!(
+        model_names,
+        given_names,
+        "{}: init.* must be exactly the model's tensors",
+        file.display()
+    );
 
     let adam_cfg = AdamConfig {
         lr: meta(&metadata, "lr", file),
@@ -131,11 +169,19 @@ fn replay(file: &Path, device: &Device) -> Report {
     let mut report = Report::default();
     for step in 0..steps {
         let drop = tensor(&tensors, &format!("input.drop.{step}"), file);
-        let losses = model.train_step_losses(images, features, labels, drop).expect("forward");
+        let losses = model
+            .train_step_losses(images, features, labels, drop)
+            .expect("forward");
         let grads = losses.loss.backward().expect("backward");
         if step == 0 {
             let expect = |name: &str| tensor(&tensors, &format!("expect.{name}"), file);
-            report.compare("forward", "logits", &losses.logits, expect("logits"), FORWARD_TOL);
+            report.compare(
+                "forward",
+                "logits",
+                &losses.logits,
+                expect("logits"),
+                FORWARD_TOL,
+            );
             for (name, ours) in [
                 ("loss_cls", &losses.loss_cls),
                 ("loss_sep", &losses.loss_sep),
@@ -149,21 +195,43 @@ fn replay(file: &Path, device: &Device) -> Report {
                 let ours = grads
                     .get(var.as_tensor())
                     .unwrap_or_else(|| panic!("no gradient for {name}"));
-                report.compare("gradient", &format!("grad.{name}"), ours, expect(&format!("grad.{name}")), LATER_TOL);
+                report.compare(
+                    "gradient",
+                    &format!("grad.{name}"),
+                    ours,
+                    expect(&format!("grad.{name}")),
+                    LATER_TOL,
+                );
             }
         }
         optimizer.step(&grads).expect("Adam step");
         for (name, var) in model.trainable_vars().into_iter().chain(model.buffers()) {
             let key = format!("expect.step{step}.{name}");
-            let kind = if name.contains("running_") { "running stat" } else { "after step" };
-            report.compare(kind, &key, var.as_tensor(), tensor(&tensors, &key, file), LATER_TOL);
+            let kind = if name.contains("running_") {
+                "running stat"
+            } else {
+                "after step"
+            };
+            report.compare(
+                kind,
+                &key,
+                var.as_tensor(),
+                tensor(&tensors, &key, file),
+                LATER_TOL,
+            );
         }
         if (step + 1) % steps_per_epoch == 0 {
             schedule.step(&mut optimizer);
         }
     }
     let eval_logits = model.logits(images, features).expect("eval forward");
-    report.compare("eval logits", "eval_logits", &eval_logits, tensor(&tensors, "expect.eval_logits", file), LATER_TOL);
+    report.compare(
+        "eval logits",
+        "eval_logits",
+        &eval_logits,
+        tensor(&tensors, "expect.eval_logits", file),
+        LATER_TOL,
+    );
     report
 }
 
@@ -183,13 +251,27 @@ fn replay_all(files: &[PathBuf]) {
     for file in files {
         let start = std::time::Instant::now();
         let report = replay(file, &device);
-        println!("{} ({:.1} s):", file.display(), start.elapsed().as_secs_f64());
+        println!(
+            "{} ({:.1} s):",
+            file.display(),
+            start.elapsed().as_secs_f64()
+        );
         for (kind, (rel, name)) in &report.worst {
             println!("  worst {kind:<13} {rel:.2e}  ({name})");
         }
-        failures.extend(report.failures.iter().map(|f| format!("{}: {f}", file.display())));
+        failures.extend(
+            report
+                .failures
+                .iter()
+                .map(|f| format!("{}: {f}", file.display())),
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -205,7 +287,11 @@ fn full_resnet18_fixtures_match_the_authors_pytorch_code() {
         return;
     };
     let files = fixtures_in(&dir);
-    assert!(!files.is_empty(), "{} holds no fixtures; {HOW_TO_GET}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "{} holds no fixtures; {HOW_TO_GET}",
+        dir.display()
+    );
     replay_all(&files);
 }
 
@@ -215,14 +301,20 @@ fn msceleb_and_torchvision_checkpoints_load_by_torchvision_names() {
         return;
     };
     let device = Device::Cpu;
-    let (expected, _) = load_safetensors(&dir.join("resnet18_expected.safetensors"), &device).expect("expected tensors");
+    let (expected, _) = load_safetensors(&dir.join("resnet18_expected.safetensors"), &device)
+        .expect("expected tensors");
     for file in ["resnet18_msceleb_like.pth", "resnet18_torchvision.pth"] {
         let loaded = load_checkpoint(&dir.join(file), RESNET18_WIDTHS, false, &device)
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(loaded.len(), expected.len(), "{file}");
         for (name, want) in &expected {
-            let got = loaded.get(name).unwrap_or_else(|| panic!("{file}: no {name}"));
-            let diff = (got - want).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>());
+            let got = loaded
+                .get(name)
+                .unwrap_or_else(|| panic!("{file}: no {name}"));
+            let diff = (got - want)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|d| d.to_scalar::<f32>());
             assert_eq!(diff.expect("difference"), 0.0, "{file}: {name}");
         }
     }
@@ -235,11 +327,26 @@ fn msceleb_and_torchvision_checkpoints_load_by_torchvision_names() {
     let foreign = tmp.path().join("foreign.pth");
     std::fs::write(&foreign, b"this is not a checkpoint").expect("write");
     for bad in [&truncated, &foreign] {
-        let error = load_checkpoint(bad, RESNET18_WIDTHS, false, &device).expect_err("must be refused");
-        assert!(error.to_string().contains(&bad.display().to_string()), "{error}");
+        let error =
+            load_checkpoint(bad, RESNET18_WIDTHS, false, &device).expect_err("must be refused");
+        assert!(
+            error.to_string().contains(&bad.display().to_string()),
+            "{error}"
+        );
     }
     // A checkpoint of another architecture: every mismatch is listed; partial load is opt-in.
     let narrow = [32, 64, 128, 256];
-    let error = load_checkpoint(&dir.join("resnet18_torchvision.pth"), narrow, false, &device).expect_err("mis-shaped");
-    assert!(error.to_string().contains("mis-shaped layer4.1.conv2.weight"), "{error}");
+    let error = load_checkpoint(
+        &dir.join("resnet18_torchvision.pth"),
+        narrow,
+        false,
+        &device,
+    )
+    .expect_err("mis-shaped");
+    assert!(
+        error
+            .to_string()
+            .contains("mis-shaped layer4.1.conv2.weight"),
+        "{error}"
+    );
 }

@@ -59,7 +59,10 @@ impl CafeConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.classes < 2 {
-            return Err(Error::config(format!("CAFE needs at least 2 classes, got {}", self.classes)));
+            return Err(Error::config(format!(
+                "CAFE needs at least 2 classes, got {}",
+                self.classes
+            )));
         }
         if self.group() == 0 {
             return Err(Error::config(format!(
@@ -101,8 +104,20 @@ pub fn drop_vector(
     }
     let mut drop = Vec::with_capacity(dim);
     for block in 0..classes {
-        let length = if block + 1 == classes { dim - group * block } else { group };
-        let mut values: Vec<f32> = (0..length).map(|i| if i < length - drop_per_group { 1.0 } else { 0.0 }).collect();
+        let length = if block + 1 == classes {
+            dim - group * block
+        } else {
+            group
+        };
+        let mut values: Vec<f32> = (0..length)
+            .map(|i| {
+                if i < length - drop_per_group {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         values.shuffle(rng);
         drop.extend(values);
     }
@@ -170,7 +185,10 @@ impl CafeHead {
     ) -> Result<CafeLosses> {
         let d = self.cfg.feature_dim;
         if drop.dims() != [d] {
-            return Err(Error::config(format!("drop vector {:?}, expected [{d}]", drop.dims())));
+            return Err(Error::config(format!(
+                "drop vector {:?}, expected [{d}]",
+                drop.dims()
+            )));
         }
         let labels = labels.to_dtype(DType::U32)?;
         let selected = self.selected(features, mask_logits)?;
@@ -225,7 +243,11 @@ impl MaskNet {
     pub fn resnet(vb: &VarBuilder, cfg: &CafeConfig) -> Result<Self> {
         let trunk = ResNet18::new(vb, cfg.trunk_widths)?;
         let projection = if trunk.out_dim() != cfg.feature_dim {
-            Some(Linear::new(&vb.pp("mask_proj"), trunk.out_dim(), cfg.feature_dim)?)
+            Some(Linear::new(
+                &vb.pp("mask_proj"),
+                trunk.out_dim(),
+                cfg.feature_dim,
+            )?)
         } else {
             None
         };
@@ -255,7 +277,9 @@ impl MaskNet {
 
     pub fn trainable_vars(&self) -> Vec<NamedVar> {
         match self {
-            MaskNet::ResNet { trunk, projection, .. } => {
+            MaskNet::ResNet {
+                trunk, projection, ..
+            } => {
                 let mut vars = trunk.trainable_vars();
                 vars.extend(projection.iter().flat_map(|p| p.vars()));
                 vars
@@ -304,7 +328,8 @@ impl Cafe {
         drop: &Tensor,
     ) -> Result<CafeLosses> {
         let mask_logits = self.mask_net.mask_logits(images, true)?;
-        self.head.train_losses(&features.detach(), &mask_logits, labels, drop)
+        self.head
+            .train_losses(&features.detach(), &mask_logits, labels, drop)
     }
 
     /// The deployed classifier's logits `[B,L]`, BatchNorm in evaluation mode.
@@ -315,7 +340,9 @@ impl Cafe {
 
     /// The mask `sigmoid(g)` `[B,D]`, BatchNorm in evaluation mode.
     pub fn mask(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::sigmoid(&self.mask_net.mask_logits(images, false)?)?)
+        Ok(candle_nn::ops::sigmoid(
+            &self.mask_net.mask_logits(images, false)?,
+        )?)
     }
 
     /// Every trained tensor (the optimiser's parameters).
@@ -352,7 +379,12 @@ mod tests {
         assert!(drop.iter().all(|&v| v == 0.0 || v == 1.0));
         // Shuffled independently: the blocks do not all share one pattern.
         assert_ne!(drop[..73], drop[73..146]);
-        let again = drop_vector(512, 7, 10, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3407))?;
+        let again = drop_vector(
+            512,
+            7,
+            10,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(3407),
+        )?;
         assert_eq!(drop, again);
         assert!(drop_vector(20, 7, 3, &mut rng).is_err());
         Ok(())
@@ -415,7 +447,8 @@ mod tests {
     }
 
     #[test]
-    fn paper_div_is_seven_times_the_coded_term_and_group_max_inference_uses_the_groups() -> Result<()> {
+    fn paper_div_is_seven_times_the_coded_term_and_group_max_inference_uses_the_groups(
+    ) -> Result<()> {
         let cfg = small();
         let (images, features, labels, drop) = batch(&cfg)?;
         let coded = tiny(&cfg, 2)?.train_step_losses(&images, &features, &labels, &drop)?;
@@ -437,7 +470,9 @@ mod tests {
         assert_eq!(logits.dims(), [3, 7]);
         let selected = (&features * model.mask(&images)?)?;
         let first_group = selected.narrow(1, 0, 73)?.max(1)?;
-        let diff = (logits.narrow(1, 0, 1)?.squeeze(1)? - first_group)?.abs()?.max_all()?;
+        let diff = (logits.narrow(1, 0, 1)?.squeeze(1)? - first_group)?
+            .abs()?
+            .max_all()?;
         assert!(diff.to_scalar::<f32>()? < 1e-6);
         Ok(())
     }
@@ -460,7 +495,10 @@ mod tests {
         assert_eq!(losses.logits.dims(), [3, 8]);
         let grads = losses.loss.backward()?;
         for (name, var) in model.trainable_vars() {
-            assert!(grads.get(var.as_tensor()).is_some(), "no gradient for {name}");
+            assert!(
+                grads.get(var.as_tensor()).is_some(),
+                "no gradient for {name}"
+            );
         }
         Ok(())
     }

@@ -99,7 +99,12 @@ impl candle_nn::var_builder::SimpleBackend for SeededSource {
         Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.given.get(name) {
             Some(tensor) => tensor.to_device(device)?.to_dtype(dtype),
             None => Err(candle_core::Error::CannotFindTensor {
@@ -175,10 +180,36 @@ pub fn save_safetensors(
         let shape = tensor.dims().to_vec();
         let tensor = tensor.to_device(&Device::Cpu)?.flatten_all()?;
         let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match tensor.dtype() {
-            DType::F32 => (safetensors::Dtype::F32, tensor.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::I64 => (safetensors::Dtype::I64, tensor.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::U32 => (safetensors::Dtype::U32, tensor.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            other => return Err(Error::weights(&display, format!("{name}: cannot write dtype {other:?}"))),
+            DType::F32 => (
+                safetensors::Dtype::F32,
+                tensor
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::I64 => (
+                safetensors::Dtype::I64,
+                tensor
+                    .to_vec1::<i64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::U32 => (
+                safetensors::Dtype::U32,
+                tensor
+                    .to_vec1::<u32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::weights(
+                    &display,
+                    format!("{name}: cannot write dtype {other:?}"),
+                ))
+            }
         };
         raw.push((name.clone(), dtype, shape, bytes));
     }
@@ -234,7 +265,14 @@ mod tests {
         let given = HashMap::from([("b".to_string(), Tensor::new(&[1f32, 2.], &device)?)]);
         let draw = |seed| -> Result<(Tensor, Tensor)> {
             let vb = init_var_builder(given.clone(), seed, &device);
-            let a = vb.get_with_hints(5, "a", Init::Randn { mean: 0., stdev: 1. })?;
+            let a = vb.get_with_hints(
+                5,
+                "a",
+                Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            )?;
             let b = vb.get_with_hints(2, "b", Init::Const(0.))?;
             Ok((a, b))
         };

@@ -66,16 +66,19 @@ impl MaxPool {
         let (ho, wo) = (self.output_side(h)?, self.output_side(w)?);
         let p = self.padding;
         let x = if p > 0 {
-            let rows = Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
+            let rows =
+                Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
             let x = Tensor::cat(&[&rows, x, &rows], 2)?;
-            let cols =
-                Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * p, p), x.device())?.to_dtype(x.dtype())?;
+            let cols = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * p, p), x.device())?
+                .to_dtype(x.dtype())?;
             Tensor::cat(&[&cols, &x, &cols], 3)?
         } else {
             x.clone()
         };
         let picks = |offset: usize, count: usize| -> Result<Tensor> {
-            let idx: Vec<u32> = (0..count).map(|i| (offset + i * self.stride) as u32).collect();
+            let idx: Vec<u32> = (0..count)
+                .map(|i| (offset + i * self.stride) as u32)
+                .collect();
             Tensor::new(idx, x.device())
         };
         let mut out: Option<Tensor> = None;
@@ -258,7 +261,8 @@ impl Conv {
         let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x, weight) else {
             candle_core::bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-d")
         };
-        if wcin != cin || self.stride == 0 || h + 2 * self.padding < kh || w + 2 * self.padding < kw {
+        if wcin != cin || self.stride == 0 || h + 2 * self.padding < kh || w + 2 * self.padding < kw
+        {
             candle_core::bail!(
                 "conv2d: input {x:?} does not fit weight {weight:?} with stride {} padding {}",
                 self.stride,
@@ -289,23 +293,29 @@ impl Conv {
     /// (0 outside the image).
     fn im2col(&self, g: &Geometry, image: &[f32], col: &mut [f32]) {
         let (s, pad) = (self.stride as isize, self.padding as isize);
-        col.par_chunks_mut(g.p()).enumerate().for_each(|(row, out)| {
-            let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
-            let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-            for oy in 0..g.ho {
-                let iy = oy as isize * s - pad + ky as isize;
-                let out_row = &mut out[oy * g.wo..(oy + 1) * g.wo];
-                if iy < 0 || iy >= g.h as isize {
-                    out_row.fill(0.0);
-                    continue;
+        col.par_chunks_mut(g.p())
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+                let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                for oy in 0..g.ho {
+                    let iy = oy as isize * s - pad + ky as isize;
+                    let out_row = &mut out[oy * g.wo..(oy + 1) * g.wo];
+                    if iy < 0 || iy >= g.h as isize {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let in_row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, v) in out_row.iter_mut().enumerate() {
+                        let ix = ox as isize * s - pad + kx as isize;
+                        *v = if ix < 0 || ix >= g.w as isize {
+                            0.0
+                        } else {
+                            in_row[ix as usize]
+                        };
+                    }
                 }
-                let in_row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                for (ox, v) in out_row.iter_mut().enumerate() {
-                    let ix = ox as isize * s - pad + kx as isize;
-                    *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { in_row[ix as usize] };
-                }
-            }
-        });
+            });
     }
 
     /// The adjoint of [`Conv::im2col`]: adds every column entry back to its pixel.
@@ -365,8 +375,18 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst[m,n] = a[m,k] b[k,n]`, or `dst += a b` when `accumulate`; `dst` row-major.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) -> Result<()> {
-    let last = |rows: usize, cols: usize, mat: &Mat| (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride;
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) -> Result<()> {
+    let last = |rows: usize, cols: usize, mat: &Mat| {
+        (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride
+    };
     if m == 0 || n == 0 || k == 0 {
         if !accumulate {
             dst.fill(0.0);
@@ -408,7 +428,13 @@ impl CustomOp2 for Conv {
         "conv2d-gemm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1.dims(), l2.dims())?;
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let weight = contiguous_f32(s2, l2, "conv2d weight")?;
@@ -422,12 +448,26 @@ impl CustomOp2 for Conv {
                 self.im2col(&g, image, &mut col);
                 &col
             };
-            matmul(g.cout, p, k, out, false, Mat::rows(weight, k), Mat::rows(col, p))?;
+            matmul(
+                g.cout,
+                p,
+                k,
+                out,
+                false,
+                Mat::rows(weight, k),
+                Mat::rows(col, p),
+            )?;
         }
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
         // The images entering the stem need no gradient.
@@ -437,7 +477,14 @@ impl CustomOp2 for Conv {
             None
         };
         let (_, _, kh, kw) = weight.dims4()?;
-        let grad_weight = x.apply_op2_no_bwd(&grad, &ConvWeightGrad { conv: *self, kh, kw })?;
+        let grad_weight = x.apply_op2_no_bwd(
+            &grad,
+            &ConvWeightGrad {
+                conv: *self,
+                kh,
+                kw,
+            },
+        )?;
         Ok((grad_x, Some(grad_weight)))
     }
 }
@@ -454,11 +501,20 @@ impl CustomOp2 for ConvInputGrad {
         "conv2d-gemm-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (n, cin) = (l1.dims()[0], l2.dims()[1]);
         let g = self.conv.geometry(&[n, cin, self.h, self.w], l2.dims())?;
         if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l1.dims())
+            candle_core::bail!(
+                "conv2d backward: gradient {:?} does not fit {g:?}",
+                l1.dims()
+            )
         }
         let grad = contiguous_f32(s1, l1, "conv2d output gradient")?;
         let weight = contiguous_f32(s2, l2, "conv2d weight")?;
@@ -466,10 +522,25 @@ impl CustomOp2 for ConvInputGrad {
         let mut grad_x = vec![0f32; g.n * g.cin * g.h * g.w];
         let pointwise = self.conv.is_pointwise(&g);
         let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
-        for (grad_out, grad_image) in grad.chunks(g.cout * p).zip(grad_x.chunks_mut(g.cin * g.h * g.w)) {
+        for (grad_out, grad_image) in grad
+            .chunks(g.cout * p)
+            .zip(grad_x.chunks_mut(g.cin * g.h * g.w))
+        {
             // dcol[k,p] = W^T[k,cout] grad_out[cout,p]
-            let dst = if pointwise { &mut *grad_image } else { &mut col[..] };
-            matmul(k, p, g.cout, dst, false, Mat::transposed(weight, k), Mat::rows(grad_out, p))?;
+            let dst = if pointwise {
+                &mut *grad_image
+            } else {
+                &mut col[..]
+            };
+            matmul(
+                k,
+                p,
+                g.cout,
+                dst,
+                false,
+                Mat::transposed(weight, k),
+                Mat::rows(grad_out, p),
+            )?;
             if !pointwise {
                 self.conv.col2im(&g, &col, grad_image);
             }
@@ -490,11 +561,22 @@ impl CustomOp2 for ConvWeightGrad {
         "conv2d-gemm-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (cin, cout) = (l1.dims()[1], l2.dims()[1]);
-        let g = self.conv.geometry(l1.dims(), &[cout, cin, self.kh, self.kw])?;
+        let g = self
+            .conv
+            .geometry(l1.dims(), &[cout, cin, self.kh, self.kw])?;
         if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l2.dims())
+            candle_core::bail!(
+                "conv2d backward: gradient {:?} does not fit {g:?}",
+                l2.dims()
+            )
         }
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let grad = contiguous_f32(s2, l2, "conv2d output gradient")?;
@@ -502,7 +584,11 @@ impl CustomOp2 for ConvWeightGrad {
         let mut grad_w = vec![0f32; g.cout * k];
         let pointwise = self.conv.is_pointwise(&g);
         let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
-        for (i, (image, grad_out)) in x.chunks(g.cin * g.h * g.w).zip(grad.chunks(g.cout * p)).enumerate() {
+        for (i, (image, grad_out)) in x
+            .chunks(g.cin * g.h * g.w)
+            .zip(grad.chunks(g.cout * p))
+            .enumerate()
+        {
             let col = if pointwise {
                 image
             } else {
@@ -510,9 +596,20 @@ impl CustomOp2 for ConvWeightGrad {
                 &col
             };
             // grad_w[cout,k] += grad_out[cout,p] col^T[p,k]
-            matmul(g.cout, k, p, &mut grad_w, i > 0, Mat::rows(grad_out, p), Mat::transposed(col, p))?;
+            matmul(
+                g.cout,
+                k,
+                p,
+                &mut grad_w,
+                i > 0,
+                Mat::rows(grad_out, p),
+                Mat::transposed(col, p),
+            )?;
         }
-        Ok((CpuStorage::F32(grad_w), Shape::from((g.cout, g.cin, g.kh, g.kw))))
+        Ok((
+            CpuStorage::F32(grad_w),
+            Shape::from((g.cout, g.cin, g.kh, g.kw)),
+        ))
     }
 }
 
@@ -533,7 +630,8 @@ mod tests {
             pool.composed(x.as_tensor())?
         };
         // A weighted sum so that every output cell carries a different gradient.
-        let weights = Tensor::arange(0f32, y.elem_count() as f32, x.device())?.reshape(y.shape())?;
+        let weights =
+            Tensor::arange(0f32, y.elem_count() as f32, x.device())?.reshape(y.shape())?;
         let grads = (&y * &weights)?.sum_all()?.backward()?;
         let grad = grads.get(x.as_tensor()).expect("x is in the graph").clone();
         Ok((y, grad))
@@ -548,8 +646,14 @@ mod tests {
             let (y_custom, g_custom) = pooled_and_grad(&x, true)?;
             let (y_composed, g_composed) = pooled_and_grad(&x, false)?;
             assert_eq!(y_custom.dims(), [2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
-            let dy = (y_custom - y_composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let dg = (g_custom - g_composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let dy = (y_custom - y_composed)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            let dg = (g_custom - g_composed)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
             assert_eq!(dy, 0.0, "values differ for {h}x{w}");
             assert_eq!(dg, 0.0, "gradients differ for {h}x{w}");
         }
@@ -616,7 +720,10 @@ mod tests {
                 assert_eq!(ours.dims(), theirs.dims(), "{what} {x_shape:?} {w_shape:?}");
                 let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
                 let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff <= 1e-5 * scale, "{what} {x_shape:?} {w_shape:?}: {diff} vs scale {scale}");
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{what} {x_shape:?} {w_shape:?}: {diff} vs scale {scale}"
+                );
             }
         }
         Ok(())
@@ -628,7 +735,10 @@ mod tests {
     #[test]
     fn gemm_convolution_gradients_are_the_adjoints_on_non_square_inputs() -> Result<()> {
         let device = Device::Cpu;
-        for (x_shape, w_shape, stride, padding) in [((2, 3, 17, 12), (4, 3, 7, 7), 2, 3), ((1, 2, 9, 6), (3, 2, 3, 3), 2, 1)] {
+        for (x_shape, w_shape, stride, padding) in [
+            ((2, 3, 17, 12), (4, 3, 7, 7), 2, 3),
+            ((1, 2, 9, 6), (3, 2, 3, 3), 2, 1),
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &device)?)?;
             let w = Var::from_tensor(&Tensor::randn(0f32, 1., w_shape, &device)?)?;
             let y = conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?;
@@ -642,7 +752,10 @@ mod tests {
             for var in [&x, &w] {
                 let grad = grads.get(var.as_tensor()).expect("gradient");
                 let adjoint = (var.as_tensor() * grad)?.sum_all()?.to_scalar::<f32>()?;
-                assert!((adjoint - total).abs() < 1e-3 * total.abs().max(1.0), "{x_shape:?}: {adjoint} vs {total}");
+                assert!(
+                    (adjoint - total).abs() < 1e-3 * total.abs().max(1.0),
+                    "{x_shape:?}: {adjoint} vs {total}"
+                );
             }
         }
         Ok(())

@@ -39,7 +39,12 @@ impl Conv2d {
             mean: 0.,
             stdev: (2.0 / fan_out as f64).sqrt(),
         };
-        let weight = get_var(vb, (out_channels, in_channels, kernel, kernel), "weight", init)?;
+        let weight = get_var(
+            vb,
+            (out_channels, in_channels, kernel, kernel),
+            "weight",
+            init,
+        )?;
         Ok(Self {
             weight,
             stride,
@@ -48,7 +53,12 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::conv2d(x, self.weight.1.as_tensor(), self.stride, self.padding)?)
+        Ok(ops::conv2d(
+            x,
+            self.weight.1.as_tensor(),
+            self.stride,
+            self.padding,
+        )?)
     }
 }
 
@@ -76,10 +86,21 @@ impl BatchNorm2d {
         let weight = self.weight.1.as_tensor().reshape(per_channel)?;
         let bias = self.bias.1.as_tensor().reshape(per_channel)?;
         if !train {
-            let mean = self.running_mean.1.as_detached_tensor().reshape(per_channel)?;
-            let var = self.running_var.1.as_detached_tensor().reshape(per_channel)?;
+            let mean = self
+                .running_mean
+                .1
+                .as_detached_tensor()
+                .reshape(per_channel)?;
+            let var = self
+                .running_var
+                .1
+                .as_detached_tensor()
+                .reshape(per_channel)?;
             let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(&weight)?;
-            return Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&bias)?);
+            return Ok(x
+                .broadcast_sub(&mean)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&bias)?);
         }
         let count = n * h * w;
         if count < 2 {
@@ -106,7 +127,8 @@ impl BatchNorm2d {
     fn update_running_stats(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let unbiased = count as f64 / (count as f64 - 1.0);
         let (rm, rv) = (&self.running_mean.1, &self.running_var.1);
-        let new_mean = ((rm.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean.flatten_all()? * BN_MOMENTUM)?)?;
+        let new_mean =
+            ((rm.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean.flatten_all()? * BN_MOMENTUM)?)?;
         let new_var = ((rv.as_tensor() * (1.0 - BN_MOMENTUM))?
             + (var.flatten_all()? * (BN_MOMENTUM * unbiased))?)?;
         rm.set(&new_mean)?;
@@ -183,7 +205,9 @@ impl ResNet18 {
     /// the same shape, used by the small parity fixtures.
     pub fn new(vb: &VarBuilder, widths: [usize; 4]) -> Result<Self> {
         if widths.contains(&0) {
-            return Err(Error::config(format!("ResNet-18 stage widths must be positive, got {widths:?}")));
+            return Err(Error::config(format!(
+                "ResNet-18 stage widths must be positive, got {widths:?}"
+            )));
         }
         let mut blocks = Vec::with_capacity(8);
         let mut in_channels = widths[0];
@@ -235,8 +259,10 @@ impl ResNet18 {
 
     /// The BatchNorm running statistics (updated by training-mode forwards, not trained).
     pub fn buffers(&self) -> Vec<NamedVar> {
-        let bns = std::iter::once(&self.bn1).chain(self.blocks.iter().flat_map(|b| b.batch_norms()));
-        bns.flat_map(|bn| [bn.running_mean.clone(), bn.running_var.clone()]).collect()
+        let bns =
+            std::iter::once(&self.bn1).chain(self.blocks.iter().flat_map(|b| b.batch_norms()));
+        bns.flat_map(|bn| [bn.running_mean.clone(), bn.running_var.clone()])
+            .collect()
     }
 }
 
@@ -257,10 +283,22 @@ pub fn resnet18_layout(widths: [usize; 4]) -> Vec<(String, Vec<usize>)> {
             let p = format!("layer{}.{block}", stage + 1);
             let cin = if block == 0 { in_channels } else { channels };
             conv_bn(format!("{p}.conv1"), format!("{p}.bn1"), channels, cin, 3);
-            conv_bn(format!("{p}.conv2"), format!("{p}.bn2"), channels, channels, 3);
+            conv_bn(
+                format!("{p}.conv2"),
+                format!("{p}.bn2"),
+                channels,
+                channels,
+                3,
+            );
             // Stages 2-4 start with stride 2, so their first block has a downsample.
             if block == 0 && stage > 0 {
-                conv_bn(format!("{p}.downsample.0"), format!("{p}.downsample.1"), channels, cin, 1);
+                conv_bn(
+                    format!("{p}.downsample.0"),
+                    format!("{p}.downsample.1"),
+                    channels,
+                    cin,
+                    1,
+                );
             }
         }
         in_channels = channels;
@@ -298,9 +336,10 @@ pub fn load_checkpoint(
     for (name, shape) in &layout {
         match found.remove(name) {
             None => problems.push(format!("missing {name} {shape:?}")),
-            Some(t) if t.dims() != shape.as_slice() => {
-                problems.push(format!("mis-shaped {name}: {:?} in the file, {shape:?} expected", t.dims()))
-            }
+            Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                "mis-shaped {name}: {:?} in the file, {shape:?} expected",
+                t.dims()
+            )),
             Some(t) => {
                 tensors.insert(name.clone(), t.to_dtype(DType::F32)?);
             }
@@ -308,7 +347,11 @@ pub fn load_checkpoint(
     }
     let mut unexpected: Vec<_> = found.into_iter().collect();
     unexpected.sort_by(|a, b| a.0.cmp(&b.0));
-    problems.extend(unexpected.iter().map(|(name, t)| format!("unexpected {name} {:?}", t.dims())));
+    problems.extend(
+        unexpected
+            .iter()
+            .map(|(name, t)| format!("unexpected {name} {:?}", t.dims())),
+    );
     if problems.is_empty() {
         return Ok(tensors);
     }
@@ -350,7 +393,8 @@ mod tests {
                 .chain(net.buffers())
                 .map(|(n, v)| (n, v.dims().to_vec()))
                 .collect();
-            let layout: BTreeMap<String, Vec<usize>> = resnet18_layout(widths).into_iter().collect();
+            let layout: BTreeMap<String, Vec<usize>> =
+                resnet18_layout(widths).into_iter().collect();
             assert_eq!(model, layout);
         }
         let params: usize = resnet18_layout(RESNET18_WIDTHS)
@@ -367,15 +411,31 @@ mod tests {
     fn default_init_follows_torchvision() -> Result<()> {
         let vb = init_var_builder(HashMap::new(), 3, &Device::Cpu);
         let net = ResNet18::new(&vb, RESNET18_WIDTHS)?;
-        let vars: HashMap<String, _> = net.trainable_vars().into_iter().chain(net.buffers()).collect();
+        let vars: HashMap<String, _> = net
+            .trainable_vars()
+            .into_iter()
+            .chain(net.buffers())
+            .collect();
         // Kaiming normal, fan-out: std sqrt(2 / (512 * 3 * 3)) for layer4 convolutions.
         let w = vars["layer4.1.conv2.weight"].as_tensor();
         let std = w.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
         let expected = (2.0f32 / (512.0 * 9.0)).sqrt();
-        assert!((std / expected - 1.0).abs() < 0.01, "std {std}, expected {expected}");
-        assert_eq!(vars["bn1.weight"].as_tensor().to_vec1::<f32>()?, vec![1.0; 64]);
-        assert_eq!(vars["bn1.running_var"].as_tensor().to_vec1::<f32>()?, vec![1.0; 64]);
-        assert_eq!(vars["layer1.0.bn2.bias"].as_tensor().to_vec1::<f32>()?, vec![0.0; 64]);
+        assert!(
+            (std / expected - 1.0).abs() < 0.01,
+            "std {std}, expected {expected}"
+        );
+        assert_eq!(
+            vars["bn1.weight"].as_tensor().to_vec1::<f32>()?,
+            vec![1.0; 64]
+        );
+        assert_eq!(
+            vars["bn1.running_var"].as_tensor().to_vec1::<f32>()?,
+            vec![1.0; 64]
+        );
+        assert_eq!(
+            vars["layer1.0.bn2.bias"].as_tensor().to_vec1::<f32>()?,
+            vec![0.0; 64]
+        );
         Ok(())
     }
 
@@ -423,22 +483,45 @@ mod tests {
         let widths = small();
         let mut tensors: HashMap<String, Tensor> = resnet18_layout(widths)
             .into_iter()
-            .map(|(name, shape)| Ok((format!("module.{name}"), Tensor::zeros(shape, DType::F32, &device)?)))
+            .map(|(name, shape)| {
+                Ok((
+                    format!("module.{name}"),
+                    Tensor::zeros(shape, DType::F32, &device)?,
+                ))
+            })
             .collect::<Result<_>>()?;
-        tensors.insert("module.fc.weight".into(), Tensor::zeros((1000, 16), DType::F32, &device)?);
-        tensors.insert("module.bn1.num_batches_tracked".into(), Tensor::zeros((), DType::I64, &device)?);
+        tensors.insert(
+            "module.fc.weight".into(),
+            Tensor::zeros((1000, 16), DType::F32, &device)?,
+        );
+        tensors.insert(
+            "module.bn1.num_batches_tracked".into(),
+            Tensor::zeros((), DType::I64, &device)?,
+        );
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let good = dir.path().join("good.safetensors");
         candle_core::safetensors::save(&tensors, &good)?;
-        assert_eq!(load_checkpoint(&good, widths, false, &device)?.len(), resnet18_layout(widths).len());
+        assert_eq!(
+            load_checkpoint(&good, widths, false, &device)?.len(),
+            resnet18_layout(widths).len()
+        );
 
         tensors.remove("module.layer3.1.conv2.weight");
         tensors.remove("module.bn1.running_var");
-        tensors.insert("module.layer1.0.conv1.weight".into(), Tensor::zeros((2, 2, 5, 5), DType::F32, &device)?);
-        tensors.insert("module.extra.weight".into(), Tensor::zeros(3, DType::F32, &device)?);
+        tensors.insert(
+            "module.layer1.0.conv1.weight".into(),
+            Tensor::zeros((2, 2, 5, 5), DType::F32, &device)?,
+        );
+        tensors.insert(
+            "module.extra.weight".into(),
+            Tensor::zeros(3, DType::F32, &device)?,
+        );
         let bad = dir.path().join("bad.safetensors");
         candle_core::safetensors::save(&tensors, &bad)?;
-        let message = load_checkpoint(&bad, widths, false, &device).err().map(|e| e.to_string()).unwrap_or_default();
+        let message = load_checkpoint(&bad, widths, false, &device)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         for expected in [
             "4 problems",
             "missing layer3.1.conv2.weight",

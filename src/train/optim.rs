@@ -135,7 +135,10 @@ impl Adam {
             ("beta1".to_string(), self.cfg.beta1.to_string()),
             ("beta2".to_string(), self.cfg.beta2.to_string()),
             ("eps".to_string(), self.cfg.eps.to_string()),
-            ("weight_decay".to_string(), self.cfg.weight_decay.to_string()),
+            (
+                "weight_decay".to_string(),
+                self.cfg.weight_decay.to_string(),
+            ),
         ]);
         Ok((tensors, metadata))
     }
@@ -152,8 +155,9 @@ impl Adam {
             let text = metadata
                 .get(key)
                 .ok_or_else(|| Error::weights(source, format!("optimiser state has no `{key}`")))?;
-            text.parse()
-                .map_err(|_| Error::weights(source, format!("optimiser `{key}` is not a number: {text}")))
+            text.parse().map_err(|_| {
+                Error::weights(source, format!("optimiser `{key}` is not a number: {text}"))
+            })
         };
         let cfg = AdamConfig {
             lr: number("lr")?,
@@ -176,14 +180,24 @@ impl Adam {
                 if t.shape() != p.var.shape() {
                     return Err(Error::weights(
                         source,
-                        format!("{kind}.{} has shape {:?}, the parameter {:?}", p.name, t.dims(), p.var.dims()),
+                        format!(
+                            "{kind}.{} has shape {:?}, the parameter {:?}",
+                            p.name,
+                            t.dims(),
+                            p.var.dims()
+                        ),
                     ));
                 }
             }
             let step = get("step")?.flatten_all()?.to_vec1::<i64>()?;
             let step = match step.as_slice() {
                 [s] if *s >= 0 => *s as u64,
-                _ => return Err(Error::weights(source, format!("step.{} is not one count", p.name))),
+                _ => {
+                    return Err(Error::weights(
+                        source,
+                        format!("step.{} is not one count", p.name),
+                    ))
+                }
             };
             let device = p.var.device();
             let dtype = p.var.dtype();
