@@ -5,11 +5,14 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod bundle;
 pub mod data;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod features;
 pub mod image;
+pub mod inference;
 pub mod labels;
 pub mod model;
 pub mod tensorfile;

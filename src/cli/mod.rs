@@ -4,7 +4,14 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+mod common;
 pub mod data;
+mod eval;
+mod extract;
+mod protocol;
+mod train;
+
+pub use common::*;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +31,14 @@ pub struct Cli {
 pub enum Command {
     /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
     Data(data::DataArgs),
+    /// Frozen encoder features of images to a safetensors file.
+    Extract(extract::ExtractArgs),
+    /// Train CAFE (or a baseline) on one data set.
+    Train(train::TrainArgs),
+    /// Evaluate a model bundle on data sets.
+    Eval(eval::EvalArgs),
+    /// Train on each source, test on every target: the paper's cross-domain table.
+    Protocol(protocol::ProtocolArgs),
     /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
     Bench(bench::BenchArgs),
 }
@@ -31,6 +46,10 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Extract(args) => extract::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Protocol(args) => protocol::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -362,6 +362,12 @@ impl Dataset {
     }
 }
 
+/// Whether `text` names a data set (`KIND:...` with a known kind) rather than a file.
+pub fn is_spec(text: &str) -> bool {
+    text.split_once(':')
+        .is_some_and(|(kind, _)| Kind::from_name(kind).is_some())
+}
+
 /// Reads the data set named by `spec` (`KIND:PATH[:key=value...]`).
 pub fn open(spec: &str, options: &LoadOptions) -> Result<Dataset> {
     let parsed = Spec::parse(spec)?;

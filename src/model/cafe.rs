@@ -29,6 +29,10 @@ pub struct CafeConfig {
     pub paper_div: bool,
     /// Classify by the group maxima of `F * mask` instead of the FC.
     pub group_max_inference: bool,
+    /// Multiply the feature by `sigmoid(g)` (the method); `false` multiplies by `g` itself
+    /// (the paper's "no sigmoid" ablation).
+    #[serde(default = "default_true")]
+    pub sigmoid_mask: bool,
     /// Leave out the last ReLU of the ResNet so the mask spans (0, 1) instead of [0.5, 1).
     pub unrestricted_mask: bool,
     /// Stage widths of the ResNet-18 mask generator (64, 128, 256, 512).
@@ -44,11 +48,16 @@ impl Default for CafeConfig {
             beta: 5.0,
             drop_per_group: 10,
             paper_div: false,
+            sigmoid_mask: true,
             group_max_inference: false,
             unrestricted_mask: false,
             trunk_widths: RESNET18_WIDTHS,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl CafeConfig {
@@ -149,7 +158,7 @@ impl CafeHead {
         })
     }
 
-    /// `F * sigmoid(mask_logits)`, both `[B,D]`.
+    /// `F * sigmoid(mask_logits)` (or `F * mask_logits` without the sigmoid), both `[B,D]`.
     pub fn selected(&self, features: &Tensor, mask_logits: &Tensor) -> Result<Tensor> {
         let d = self.cfg.feature_dim;
         if features.dims() != mask_logits.dims() || features.dims().get(1) != Some(&d) {
@@ -159,7 +168,11 @@ impl CafeHead {
                 mask_logits.dims()
             )));
         }
-        Ok((features * candle_nn::ops::sigmoid(mask_logits)?)?)
+        if self.cfg.sigmoid_mask {
+            Ok((features * candle_nn::ops::sigmoid(mask_logits)?)?)
+        } else {
+            Ok((features * mask_logits)?)
+        }
     }
 
     /// The classifier's logits `[B,L]`: the FC on the selected feature, or with

@@ -7,6 +7,7 @@
 //! `fc.weight`/`fc.bias`, the optional mask projection as `mask_proj.weight`/`.bias`.
 
 pub mod cafe;
+pub mod classifier;
 pub mod ops;
 pub mod resnet;
 

@@ -1,6 +1,14 @@
-//! Training CAFE: one optimisation step over a batch, and the optimiser ([`optim`]).
+//! Training: one optimisation step of CAFE ([`train_step`]), the optimiser ([`optim`]),
+//! the loop with checkpoints and resume ([`trainer`]), its data paths (full recipe on
+//! [`pixels`], fast mode on the [`cache`] via [`fast`]), and a whole run ([`session`]).
 
+pub mod cache;
+pub mod fast;
 pub mod optim;
+pub mod pixels;
+pub mod run;
+pub mod session;
+pub mod trainer;
 
 use crate::error::Result;
 use crate::model::{Cafe, CafeLosses};
