@@ -40,6 +40,10 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A third-party file that `scripts/fetch-assets` fetches is not there.
+    #[error("{}: missing; {hint}", path.display())]
+    MissingAsset { path: PathBuf, hint: String },
 }
 
 impl Error {

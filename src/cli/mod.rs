@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod domains;
+
 #[derive(Parser)]
 #[command(
     name = "gfer",
@@ -18,8 +20,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
+    Domains(domains::DomainsArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Domains(args) => domains::run(args),
+    }
 }
