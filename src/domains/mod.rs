@@ -341,4 +341,36 @@ mod tests {
             "path,label,split,domain\nfear/a.png,fear,val,avatars\n"
         );
     }
+
+    #[test]
+    fn a_domain_replaces_its_earlier_build_but_no_other_folder() {
+        let out = tempfile::tempdir().unwrap();
+        let plan = |n: usize| -> Vec<Planned<u8>> {
+            (0..n)
+                .map(|i| Planned {
+                    file: format!("anger/{i}.png"),
+                    label: Expression::Anger,
+                    split: Split::Test,
+                    source: i as u8,
+                })
+                .collect()
+        };
+        let grey = |v: &u8| Ok(RgbImage::from_pixel(4, 4, image::Rgb([*v; 3])));
+        let progress = ProgressBar::hidden();
+        write_domain("grey", out.path(), &plan(3), grey, &progress).unwrap();
+        let summary = write_domain("grey", out.path(), &plan(1), grey, &progress).unwrap();
+        assert_eq!(summary.class_counts, [0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(summary.split_counts, [0, 0, 1]);
+        // The earlier build's extra images are gone with it; no staging folder is left.
+        assert!(out.path().join("grey/anger/0.png").is_file());
+        assert!(!out.path().join("grey/anger/2.png").exists());
+        assert!(!out.path().join(".grey.partial").exists());
+
+        std::fs::create_dir_all(out.path().join("mine")).unwrap();
+        let err = write_domain("mine", out.path(), &plan(1), grey, &progress).unwrap_err();
+        assert!(
+            err.to_string().contains("not a domain built by gfer"),
+            "{err}"
+        );
+    }
 }
