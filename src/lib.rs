@@ -5,8 +5,12 @@
 
 pub mod backbone;
 pub mod domains;
+pub mod draw;
 pub mod error;
+pub mod eval;
+pub mod image;
 pub mod labels;
+pub mod tensorfile;
 
 pub use error::{Error, Result};
 pub use labels::Expression;

@@ -4,6 +4,7 @@
 //! it with a small margin), so that the artists differ in drawing, not in framing.
 
 use super::{missing_asset, parse_svg, read_text, render_svg_region, Planned, Split};
+use crate::image::resample::{self, Filter};
 use crate::{Error, Expression, Result};
 use image::{Rgb, RgbImage, RgbaImage};
 use resvg::{tiny_skia, usvg};
@@ -214,10 +215,7 @@ pub fn render(source: &EmojiSource, size: u32) -> Result<RgbImage> {
                 path: path.display().to_string(),
                 reason: "the image is fully transparent".to_string(),
             })?;
-            // DynamicImage's resize is compiled (optimised) in the image crate.
-            Ok(image::DynamicImage::ImageRgb8(framed)
-                .resize_exact(size, size, image::imageops::FilterType::CatmullRom)
-                .to_rgb8())
+            Ok(resample::resize(&framed, size, size, Filter::Bicubic))
         }
     }
 }

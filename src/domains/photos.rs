@@ -18,9 +18,9 @@
 //! head-and-shoulders shots and are used whole (their central square).
 
 use super::{missing_asset, Planned, Split};
+use crate::image::resample::{self, Filter};
+use crate::image::{DecodeLimits, RgbImage};
 use crate::{Error, Expression, Result};
-use image::imageops::FilterType;
-use image::RgbImage;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -184,10 +184,10 @@ pub fn render(source: &PhotoSource, size: u32) -> Result<RgbImage> {
         path: source.path.display().to_string(),
         reason,
     };
-    // DynamicImage's methods are compiled (optimised) in the image crate; the generic
-    // imageops functions would be instantiated, unoptimised, in a debug build of gfer.
-    let image = image::open(&source.path).map_err(|e| bad(e.to_string()))?;
-    let (width, height) = (image.width(), image.height());
+    // gfer's own decoder (EXIF orientation, grey to RGB as Pillow does) and Pillow's
+    // antialiased bicubic resize.
+    let image = crate::image::open(&source.path, &DecodeLimits::default())?;
+    let (width, height) = image.dimensions();
     let (x, y, side) = source.crop.unwrap_or_else(|| {
         let side = width.min(height);
         ((width - side) / 2, (height - side) / 2, side)
@@ -197,10 +197,8 @@ pub fn render(source: &PhotoSource, size: u32) -> Result<RgbImage> {
             "{width}x{height} is too small for the {side}x{side} crop at ({x}, {y})"
         )));
     }
-    Ok(image
-        .crop_imm(x, y, side, side)
-        .resize_exact(size, size, FilterType::Lanczos3)
-        .to_rgb8())
+    let face = image::imageops::crop_imm(&image, x, y, side, side).to_image();
+    Ok(resample::resize(&face, size, size, Filter::Bicubic))
 }
 
 #[cfg(test)]
