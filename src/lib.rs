@@ -4,6 +4,7 @@
 //! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
 
 pub mod backbone;
+pub mod data;
 pub mod domains;
 pub mod draw;
 pub mod error;

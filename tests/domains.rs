@@ -3,6 +3,7 @@
 
 mod common;
 
+use gfer::data::LoadOptions;
 use gfer::domains::avatars::{self, AvatarParts};
 use gfer::domains::{self, emoji, BuildOptions, DomainSummary, MANIFEST};
 use gfer::Expression;
@@ -108,6 +109,18 @@ fn every_domain_has_its_classes_and_splits() {
         assert_eq!(summary.manifest, out.join(&summary.name).join(MANIFEST));
         assert_eq!(counts(&rows), summary.class_counts, "{}", summary.name);
         assert!(rows.iter().all(|r| r.domain == summary.name));
+        // gfer's own manifest loader reads it whole, with the same labels and splits.
+        let spec = format!("manifest:{}", summary.manifest.display());
+        let dataset = gfer::data::open(&spec, &LoadOptions::default()).unwrap();
+        assert!(dataset.dropped.is_empty() && dataset.bad_lines.is_empty());
+        assert_eq!(dataset.samples.len(), rows.len());
+        for (sample, row) in dataset.samples.iter().zip(&rows) {
+            assert_eq!(
+                (sample.label, sample.split.name()),
+                (row.label, row.split.as_str())
+            );
+            assert_eq!(sample.domain, summary.name);
+        }
         match summary.name.as_str() {
             "avatars" => {
                 assert_eq!(summary.class_counts, [PER_CLASS; 7]);

@@ -1,7 +1,8 @@
 //! `gfer domains build`: builds the offline demo's domains from the fetched assets.
 
 use clap::{Args, Subcommand};
-use gfer::domains::{self, BuildOptions, DomainSummary, Split};
+use gfer::data::Split;
+use gfer::domains::{self, BuildOptions, DomainSummary};
 use gfer::Expression;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod data;
 pub mod domains;
 
 #[derive(Parser)]
@@ -21,12 +22,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
+    Data(data::DataArgs),
     /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
     Domains(domains::DomainsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Data(args) => data::run(args),
         Command::Domains(args) => domains::run(args),
     }
 }

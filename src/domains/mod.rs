@@ -17,6 +17,7 @@ pub mod avatars;
 pub mod emoji;
 pub mod photos;
 
+use crate::data::Split;
 use crate::{Error, Expression, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -50,26 +51,6 @@ impl Default for BuildOptions {
             avatars_per_class: 300,
             seed: 3407,
             size: 128,
-        }
-    }
-}
-
-/// The split a manifest row belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
         }
     }
 }
