@@ -4,6 +4,7 @@
 //! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
 
 pub mod backbone;
+pub mod bench;
 pub mod data;
 pub mod domains;
 pub mod draw;
@@ -11,7 +12,9 @@ pub mod error;
 pub mod eval;
 pub mod image;
 pub mod labels;
+pub mod model;
 pub mod tensorfile;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use labels::Expression;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod data;
 pub mod domains;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
     Data(data::DataArgs),
+    /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
+    Bench(bench::BenchArgs),
     /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
     Domains(domains::DomainsArgs),
 }
@@ -31,6 +34,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Domains(args) => domains::run(args),
     }
 }
