@@ -47,7 +47,11 @@ impl Bundle {
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string(&self.meta)
             .map_err(|e| Error::config(format!("bundle metadata: {e}")))?;
-        tensorfile::save(path, &self.tensors, &BTreeMap::from([(META_KEY.to_string(), json)]))
+        tensorfile::save(
+            path,
+            &self.tensors,
+            &BTreeMap::from([(META_KEY.to_string(), json)]),
+        )
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Bundle> {

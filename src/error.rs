@@ -44,6 +44,10 @@ pub enum Error {
     /// A data set that cannot be used as asked: unknown kind, missing path, empty split.
     #[error("data set {spec}: {message}")]
     Dataset { spec: String, message: String },
+
+    /// A third-party file that `scripts/fetch-assets` fetches is not there.
+    #[error("{}: missing; {hint}", path.display())]
+    MissingAsset { path: PathBuf, hint: String },
 }
 
 impl Error {

@@ -74,8 +74,7 @@ impl FeatureSet {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let features =
-            Tensor::from_slice(&self.values, (self.rows.len(), self.dim), &Device::Cpu)?;
+        let features = Tensor::from_slice(&self.values, (self.rows.len(), self.dim), &Device::Cpu)?;
         let json = |v: serde_json::Value| v.to_string();
         let metadata = BTreeMap::from([
             ("format".to_string(), "gfer-features-1".to_string()),
@@ -98,13 +97,19 @@ impl FeatureSet {
                 ),
             ),
             ("backbone".to_string(), self.key.backbone.clone()),
-            ("weights_fingerprint".to_string(), self.key.fingerprint.clone()),
+            (
+                "weights_fingerprint".to_string(),
+                self.key.fingerprint.clone(),
+            ),
             (
                 "preprocess".to_string(),
                 serde_json::to_string(&self.key.preprocess)
                     .map_err(|e| Error::config(e.to_string()))?,
             ),
-            ("gfer_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (
+                "gfer_version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
         ]);
         tensorfile::save(
             path,
@@ -135,9 +140,12 @@ impl FeatureSet {
             .tensors
             .get("features")
             .ok_or_else(|| bad("no tensor named 'features'".to_string()))?;
-        let (n, dim) = features
-            .dims2()
-            .map_err(|_| bad(format!("tensor 'features' has shape {:?}, expected [N,D]", features.dims())))?;
+        let (n, dim) = features.dims2().map_err(|_| {
+            bad(format!(
+                "tensor 'features' has shape {:?}, expected [N,D]",
+                features.dims()
+            ))
+        })?;
         if paths.len() != n || hashes.len() != n || labels.len() != n {
             return Err(bad(format!(
                 "{n} feature rows but {} paths, {} hashes, {} labels",
@@ -164,7 +172,10 @@ impl FeatureSet {
             },
             dim,
             rows,
-            values: features.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?,
+            values: features
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
         })
     }
 }
@@ -285,7 +296,9 @@ pub fn extract(
         if !images.is_empty() {
             let pixels = preprocess.batch(&images, &device)?;
             let features = encoder.encode(&pixels)?;
-            result.values.extend(features.flatten_all()?.to_vec1::<f32>()?);
+            result
+                .values
+                .extend(features.flatten_all()?.to_vec1::<f32>()?);
             summary.encoded += rows.len();
             result.rows.extend(rows);
         }

@@ -26,10 +26,11 @@ impl ExpressionModel {
     /// encoder does not match the weights is refused, saying which.
     pub fn load(bundle_path: &Path, weights: Option<&Path>, device: &Device) -> Result<Self> {
         let bundle = Bundle::load(bundle_path, device)?;
-        let spec: ModelSpec = serde_json::from_value(bundle.meta.model.clone()).map_err(|e| Error::Bundle {
-            path: bundle.origin.clone(),
-            message: format!("unreadable model description: {e}"),
-        })?;
+        let spec: ModelSpec =
+            serde_json::from_value(bundle.meta.model.clone()).map_err(|e| Error::Bundle {
+                path: bundle.origin.clone(),
+                message: format!("unreadable model description: {e}"),
+            })?;
         let encoder = if spec.method.uses_frozen_features() {
             let weights = weights.ok_or_else(|| Error::Bundle {
                 path: bundle.origin.clone(),
@@ -103,7 +104,8 @@ impl ExpressionModel {
         progress.set_length(samples.len() as u64);
         progress.set_position(0);
         for chunk in samples.chunks(batch_size.max(1)) {
-            let decoded: Vec<Result<RgbImage>> = chunk.par_iter().map(|s| s.source.load(limits)).collect();
+            let decoded: Vec<Result<RgbImage>> =
+                chunk.par_iter().map(|s| s.source.load(limits)).collect();
             let mut images = Vec::new();
             let mut labels = Vec::new();
             for (sample, image) in chunk.iter().zip(decoded) {
@@ -136,6 +138,12 @@ pub fn argmax(values: &[f32]) -> usize {
     values
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
         .0
 }

@@ -22,9 +22,7 @@ pub struct Input {
     pub label: Option<Expression>,
 }
 
-const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif",
-];
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif"];
 
 fn is_image_file(path: &Path) -> bool {
     path.extension()

@@ -46,13 +46,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let mut results = serde_json::Map::new();
     for spec in &args.data {
-        let dataset = data::open(spec, &Default::default()).with_context(|| format!("opening {spec}"))?;
+        let dataset =
+            data::open(spec, &Default::default()).with_context(|| format!("opening {spec}"))?;
         let split = match args.split.or_else(|| held_out_split(&dataset)) {
             Some(split) => split,
-            None => anyhow::bail!("{spec} has no test or val split; pass --split train to use its training images"),
+            None => anyhow::bail!(
+                "{spec} has no test or val split; pass --split train to use its training images"
+            ),
         };
         let samples = dataset.split(split);
-        anyhow::ensure!(!samples.is_empty(), "{spec} has no images in its {split} split");
+        anyhow::ensure!(
+            !samples.is_empty(),
+            "{spec} has no images in its {split} split"
+        );
         let progress = super::progress_bar(samples.len() as u64, "images");
         let (metrics, failures) = model.evaluate(&samples, args.batch_size, &limits, &progress)?;
         progress.finish_and_clear();
@@ -60,7 +66,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             eprintln!("skipped {what}: {why}");
         }
         if !args.json {
-            println!("== {spec} ({split}, {} images)\n{}", samples.len(), metrics.to_table());
+            println!(
+                "== {spec} ({split}, {} images)\n{}",
+                samples.len(),
+                metrics.to_table()
+            );
         }
         results.insert(
             spec.clone(),
@@ -68,7 +78,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "model": args.model, "results": results }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "model": args.model, "results": results })
+            )?
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 mod common;
 pub mod data;
+pub mod domains;
 mod eval;
 mod extract;
 mod protocol;
@@ -41,6 +42,8 @@ pub enum Command {
     Protocol(protocol::ProtocolArgs),
     /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
     Bench(bench::BenchArgs),
+    /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
+    Domains(domains::DomainsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Protocol(args) => protocol::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Domains(args) => domains::run(args),
     }
 }

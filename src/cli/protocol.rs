@@ -24,7 +24,12 @@ pub struct ProtocolArgs {
     #[arg(long = "target", required = true, value_delimiter = ',')]
     targets: Vec<String>,
     /// Methods to compare, side by side in one table.
-    #[arg(long = "method", value_enum, value_delimiter = ',', default_value = "cafe")]
+    #[arg(
+        long = "method",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cafe"
+    )]
     methods: Vec<Method>,
     /// Output folder.
     #[arg(long)]

@@ -40,8 +40,13 @@ pub fn name_specs(specs: &[String]) -> Vec<Named> {
     let mut out: Vec<Named> = Vec::new();
     for spec in specs {
         let (name, spec) = match spec.split_once('=') {
-            Some((name, rest)) if !name.contains(':') && !name.is_empty() => (name.to_string(), rest.to_string()),
-            _ => (crate::eval::table::spec_kind(spec).to_string(), spec.clone()),
+            Some((name, rest)) if !name.contains(':') && !name.is_empty() => {
+                (name.to_string(), rest.to_string())
+            }
+            _ => (
+                crate::eval::table::spec_kind(spec).to_string(),
+                spec.clone(),
+            ),
         };
         let taken = |n: &str| out.iter().any(|o| o.name == n);
         let mut unique = name.clone();
@@ -101,14 +106,25 @@ impl EvalSource for CachedEval<'_> {
             let images = &self.target.images;
             let pixels: Vec<Vec<f32>> = indices
                 .par_iter()
-                .map(|&i| images.sources[i].load(&images.limits).map(|im| self.preprocess.apply(&im)))
+                .map(|&i| {
+                    images.sources[i]
+                        .load(&images.limits)
+                        .map(|im| self.preprocess.apply(&im))
+                })
                 .collect::<Result<_>>()?;
             let s = self.preprocess.size as usize;
-            Some(Tensor::from_vec(pixels.concat(), (indices.len(), 3, s, s), &self.device)?)
+            Some(Tensor::from_vec(
+                pixels.concat(),
+                (indices.len(), 3, s, s),
+                &self.device,
+            )?)
         } else {
             None
         };
-        let labels: Vec<u32> = indices.iter().map(|&i| self.target.images.labels[i]).collect();
+        let labels: Vec<u32> = indices
+            .iter()
+            .map(|&i| self.target.images.labels[i])
+            .collect();
         Ok(Batch {
             images,
             mask_input: self.generator_reads_feature.then(|| features.clone()),
@@ -118,7 +134,12 @@ impl EvalSource for CachedEval<'_> {
     }
 
     fn labels(&self) -> Vec<usize> {
-        self.target.images.labels.iter().map(|&l| l as usize).collect()
+        self.target
+            .images
+            .labels
+            .iter()
+            .map(|&l| l as usize)
+            .collect()
     }
 }
 
@@ -133,13 +154,22 @@ struct Cell<'a> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e)))
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
+    })
 }
 
 /// Runs the protocol and returns the accuracy table (also written to `out`).
-pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::ProgressBar, device: &Device) -> Result<AccuracyTable> {
+pub fn run(
+    cfg: &ProtocolConfig,
+    stop: &AtomicBool,
+    progress: &indicatif::ProgressBar,
+    device: &Device,
+) -> Result<AccuracyTable> {
     if cfg.sources.is_empty() || cfg.targets.is_empty() || cfg.methods.is_empty() {
-        return Err(Error::config("the protocol needs at least one source, one target and one method"));
+        return Err(Error::config(
+            "the protocol needs at least one source, one target and one method",
+        ));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let limits = DecodeLimits {
@@ -155,12 +185,18 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
         datasets.push((named.clone(), dataset));
     }
     for source in &cfg.sources {
-        let (_, dataset) = datasets.iter().find(|(n, _)| n.spec == source.spec).ok_or_else(|| Error::config("unreachable"))?;
+        let (_, dataset) = datasets
+            .iter()
+            .find(|(n, _)| n.spec == source.spec)
+            .ok_or_else(|| Error::config("unreachable"))?;
         dataset.check_trainable(data::Split::Train)?;
     }
     let mut targets = Vec::new();
     for named in &cfg.targets {
-        let (_, dataset) = datasets.iter().find(|(n, _)| n.spec == named.spec).ok_or_else(|| Error::config("unreachable"))?;
+        let (_, dataset) = datasets
+            .iter()
+            .find(|(n, _)| n.spec == named.spec)
+            .ok_or_else(|| Error::config("unreachable"))?;
         let split = held_out_split(dataset).ok_or_else(|| Error::Dataset {
             spec: named.spec.clone(),
             message: "has no test or val split to evaluate on".to_string(),
@@ -188,7 +224,10 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
         None => None,
     };
     let cache_dir = cfg.out.join("cache");
-    let preprocess = Preprocess::new(cfg.base.preprocess, encoder.as_ref().map(|e| e.input_size()).unwrap_or(224) as u32);
+    let preprocess = Preprocess::new(
+        cfg.base.preprocess,
+        encoder.as_ref().map(|e| e.input_size()).unwrap_or(224) as u32,
+    );
     let clean = match encoder.as_deref() {
         Some(encoder) => {
             let key = CacheKey {
@@ -197,7 +236,10 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
                 seed: cfg.base.recipe.seed,
                 views: cfg.base.fast.as_ref().map(|f| f.views).unwrap_or(1),
             };
-            let sources: Vec<_> = targets.iter().flat_map(|(_, t)| t.images.sources.clone()).collect();
+            let sources: Vec<_> = targets
+                .iter()
+                .flat_map(|(_, t)| t.images.sources.clone())
+                .collect();
             let hashes: Vec<_> = targets.iter().flat_map(|(_, t)| t.hashes.clone()).collect();
             cache::build_clean(&cache_dir, &key, &sources, &hashes, &limits, stop, progress)?;
             Some(CachedFeatures::open(&key.clean_path(&cache_dir))?)
@@ -232,7 +274,8 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
                 }
             };
             let model = ExpressionModel::load(&bundle, cfg.base.weights.as_deref(), device)?;
-            let spec: ModelSpec = serde_json::from_value(model.meta.model.clone()).map_err(|e| Error::config(e.to_string()))?;
+            let spec: ModelSpec = serde_json::from_value(model.meta.model.clone())
+                .map_err(|e| Error::config(e.to_string()))?;
             let mut row = TableRow {
                 method: method.name().to_string(),
                 source: source.name.clone(),
@@ -244,15 +287,25 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
                         let rows = target
                             .hashes
                             .iter()
-                            .map(|h| clean.row_of(h).ok_or_else(|| Error::config(format!("{h} missing from the cache"))))
+                            .map(|h| {
+                                clean.row_of(h).ok_or_else(|| {
+                                    Error::config(format!("{h} missing from the cache"))
+                                })
+                            })
                             .collect::<Result<Vec<_>>>()?;
                         let eval = CachedEval {
                             target,
                             cache: clean,
                             rows,
                             preprocess,
-                            with_pixels: matches!(spec.generator, Some(GeneratorSpec::Resnet { .. })),
-                            generator_reads_feature: matches!(spec.generator, Some(GeneratorSpec::Mlp { .. })),
+                            with_pixels: matches!(
+                                spec.generator,
+                                Some(GeneratorSpec::Resnet { .. })
+                            ),
+                            generator_reads_feature: matches!(
+                                spec.generator,
+                                Some(GeneratorSpec::Mlp { .. })
+                            ),
                             device: device.clone(),
                         };
                         model.evaluate_source(&eval, 64)?
@@ -265,7 +318,8 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
                             .zip(&target.images.labels)
                             .map(|(s, &l)| data::Sample {
                                 source: s.clone(),
-                                label: Expression::from_index(l as usize).unwrap_or(Expression::Neutral),
+                                label: Expression::from_index(l as usize)
+                                    .unwrap_or(Expression::Neutral),
                                 split: *split,
                                 domain: target.named.name.clone(),
                             })
@@ -286,19 +340,30 @@ pub fn run(cfg: &ProtocolConfig, stop: &AtomicBool, progress: &indicatif::Progre
                 })
                 .map_err(|e| Error::config(e.to_string()))?;
                 write_file(&cell_dir.join(format!("{cell_name}.json")), &json)?;
-                let title = format!("{}: {} -> {} ({split})", method.name(), source.name, target.named.name);
+                let title = format!(
+                    "{}: {} -> {} ({split})",
+                    method.name(),
+                    source.name,
+                    target.named.name
+                );
                 let png = confusion_image(&metrics, &title);
                 let png_path = cell_dir.join(format!("{cell_name}.png"));
                 write_atomically(&png_path, |tmp| {
                     png.save_with_format(tmp, image::ImageFormat::Png)
-                        .map_err(|e| Error::Image { path: png_path.display().to_string(), reason: e.to_string() })
+                        .map_err(|e| Error::Image {
+                            path: png_path.display().to_string(),
+                            reason: e.to_string(),
+                        })
                 })?;
                 per_class.push_str(&format!("## {title}\n\n{}\n", per_class_markdown(&metrics)));
             }
             table.rows.push(row);
         }
     }
-    write_file(&cfg.out.join("table.md"), table.markdown(cfg.reference_paper).as_bytes())?;
+    write_file(
+        &cfg.out.join("table.md"),
+        table.markdown(cfg.reference_paper).as_bytes(),
+    )?;
     write_file(&cfg.out.join("table.csv"), table.csv().as_bytes())?;
     write_file(
         &cfg.out.join("table.json"),
@@ -313,7 +378,9 @@ fn per_class_markdown(metrics: &Metrics) -> String {
     let support = metrics.confusion.support();
     let mut out = String::from("| class | accuracy | images |\n|---|---:|---:|\n");
     for (i, class) in classes.iter().enumerate() {
-        let acc = metrics.per_class_accuracy[i].map(|a| format!("{:.2}", 100.0 * a)).unwrap_or_else(|| "-".into());
+        let acc = metrics.per_class_accuracy[i]
+            .map(|a| format!("{:.2}", 100.0 * a))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!("| {class} | {acc} | {} |\n", support[i]));
     }
     out.push_str(&format!(

@@ -57,7 +57,11 @@ impl Method {
     pub fn is_cafe(self) -> bool {
         matches!(
             self,
-            Method::Cafe | Method::CafeNoSep | Method::CafeNoDiv | Method::CafeMaskOnly | Method::CafeNoSigmoid
+            Method::Cafe
+                | Method::CafeNoSep
+                | Method::CafeNoDiv
+                | Method::CafeMaskOnly
+                | Method::CafeNoSigmoid
         )
     }
 
@@ -130,7 +134,10 @@ impl ModelSpec {
 
 enum Generator {
     Resnet(MaskNet),
-    Mlp { layers: Vec<Linear>, final_relu: bool },
+    Mlp {
+        layers: Vec<Linear>,
+        final_relu: bool,
+    },
 }
 
 impl Generator {
@@ -197,7 +204,9 @@ impl Classifier {
                 }
                 Some(Generator::Resnet(MaskNet::resnet(&vb, &cfg)?))
             }
-            Some(GeneratorSpec::Mlp { input_dim, hidden, .. }) => {
+            Some(GeneratorSpec::Mlp {
+                input_dim, hidden, ..
+            }) => {
                 let dims: Vec<usize> = std::iter::once(*input_dim)
                     .chain(hidden.iter().copied())
                     .chain(std::iter::once(spec.cafe.feature_dim))
@@ -231,14 +240,27 @@ impl Classifier {
     }
 
     /// Rebuilds a model from saved tensors; every tensor must be there.
-    pub fn from_tensors(spec: &ModelSpec, tensors: HashMap<String, Tensor>, origin: &str, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        spec: &ModelSpec,
+        tensors: HashMap<String, Tensor>,
+        origin: &str,
+        device: &Device,
+    ) -> Result<Self> {
         let expected = {
-            let probe = Classifier::new(crate::model::init_var_builder(HashMap::new(), 0, device), spec)?;
+            let probe = Classifier::new(
+                crate::model::init_var_builder(HashMap::new(), 0, device),
+                spec,
+            )?;
             crate::train::trainer::model_tensors(&probe)?
         };
         let missing: Vec<String> = expected
             .iter()
-            .filter(|(name, t)| tensors.get(*name).map(|s| s.dims() != t.dims()).unwrap_or(true))
+            .filter(|(name, t)| {
+                tensors
+                    .get(*name)
+                    .map(|s| s.dims() != t.dims())
+                    .unwrap_or(true)
+            })
             .map(|(name, t)| match tensors.get(name) {
                 Some(s) => format!("{name}: shape {:?}, expected {:?}", s.dims(), t.dims()),
                 None => format!("{name}: missing (expected {:?})", t.dims()),
@@ -247,7 +269,10 @@ impl Classifier {
         if !missing.is_empty() {
             return Err(Error::Bundle {
                 path: origin.to_string(),
-                message: format!("tensors do not fit the recorded model: {}", missing.join("; ")),
+                message: format!(
+                    "tensors do not fit the recorded model: {}",
+                    missing.join("; ")
+                ),
             });
         }
         let tensors = tensors
@@ -291,7 +316,9 @@ impl Classifier {
         match (f, g) {
             (Some(f), Some(g)) => Ok(Tensor::cat(&[f, g], 1)?),
             (Some(x), None) | (None, Some(x)) => Ok(x),
-            (None, None) => Err(Error::config("the model has neither a frozen feature nor a generator")),
+            (None, None) => Err(Error::config(
+                "the model has neither a frozen feature nor a generator",
+            )),
         }
     }
 }
@@ -306,7 +333,8 @@ impl Trainable for Classifier {
             }
             Head::Fc(fc) => {
                 let logits = fc.forward(&self.fc_input(f, g)?)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels.to_dtype(DType::U32)?)?;
+                let loss =
+                    candle_nn::loss::cross_entropy(&logits, &batch.labels.to_dtype(DType::U32)?)?;
                 let zero = loss.zeros_like()?;
                 Ok(CafeLosses {
                     logits,
@@ -322,7 +350,9 @@ impl Trainable for Classifier {
     fn logits(&self, batch: &Batch) -> Result<Tensor> {
         let (f, g) = self.head_input(batch, false)?;
         match &self.head {
-            Head::Cafe(head) => head.logits(required(&f, "frozen features")?, required(&g, "mask")?),
+            Head::Cafe(head) => {
+                head.logits(required(&f, "frozen features")?, required(&g, "mask")?)
+            }
             Head::Fc(fc) => fc.forward(&self.fc_input(f, g)?),
         }
     }

@@ -15,9 +15,9 @@
 //! time the files are memory-mapped.
 
 use crate::backbone::Encoder;
+use crate::data::ImageSource;
 use crate::error::{Error, Result};
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
-use crate::data::ImageSource;
 use crate::tensorfile;
 use crate::train::trainer::{rng_for, RNG_VIEW};
 use candle_core::{Device, Tensor};
@@ -57,7 +57,12 @@ impl CachedFeatures {
         let (rows, views, dim) = match info.shape.as_slice() {
             [n, d] => (*n, 1, *d),
             [n, k, d] => (*n, *k, *d),
-            other => return Err(Error::weights(&display, format!("features have shape {other:?}"))),
+            other => {
+                return Err(Error::weights(
+                    &display,
+                    format!("features have shape {other:?}"),
+                ))
+            }
         };
         let hashes: Vec<String> = header
             .metadata()
@@ -66,13 +71,20 @@ impl CachedFeatures {
             .and_then(|h| serde_json::from_str(h).ok())
             .ok_or_else(|| Error::weights(&display, "no 'hashes' metadata"))?;
         if hashes.len() != rows {
-            return Err(Error::weights(&display, format!("{rows} rows but {} hashes", hashes.len())));
+            return Err(Error::weights(
+                &display,
+                format!("{rows} rows but {} hashes", hashes.len()),
+            ));
         }
         let offset = 8 + header_len + info.data_offsets.0;
         if map.len() < offset + rows * views * dim * 4 || offset % 4 != 0 {
             return Err(Error::weights(&display, "truncated feature cache"));
         }
-        let index = hashes.into_iter().enumerate().map(|(i, h)| (h, i)).collect();
+        let index = hashes
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (h, i))
+            .collect();
         Ok(CachedFeatures {
             map,
             offset,
@@ -160,7 +172,11 @@ fn build_file(
 ) -> Result<BuildCount> {
     let views = if augmented { key.views } else { 1 };
     let dim = key.encoder.dim();
-    let old = if path.exists() { Some(CachedFeatures::open(path)?) } else { None };
+    let old = if path.exists() {
+        Some(CachedFeatures::open(path)?)
+    } else {
+        None
+    };
     let mut rows: Vec<(String, Vec<f32>)> = Vec::new();
     let mut todo: Vec<usize> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -170,7 +186,9 @@ fn build_file(
         }
         match old.as_ref().and_then(|o| o.row_of(hash).map(|r| (o, r))) {
             Some((o, r)) if o.views == views && o.dim == dim => {
-                let values = (0..views).flat_map(|v| o.get(r, v).iter().copied()).collect();
+                let values = (0..views)
+                    .flat_map(|v| o.get(r, v).iter().copied())
+                    .collect();
                 rows.push((hash.clone(), values));
             }
             _ => todo.push(i),
@@ -182,7 +200,11 @@ fn build_file(
     };
     progress.set_length(todo.len() as u64);
     progress.set_position(0);
-    progress.set_message(if augmented { "encoding augmented views" } else { "encoding clean views" });
+    progress.set_message(if augmented {
+        "encoding augmented views"
+    } else {
+        "encoding clean views"
+    });
     let augment = Augment::default();
     let device = Device::Cpu;
     // Encode in chunks of images, all views of an image together.
@@ -211,7 +233,11 @@ fn build_file(
             .collect();
         let s = key.preprocess.size as usize;
         let batch = Tensor::from_vec(pixels, (chunk.len() * views, 3, s, s), &device)?;
-        let features = key.encoder.encode(&batch)?.flatten_all()?.to_vec1::<f32>()?;
+        let features = key
+            .encoder
+            .encode(&batch)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for (j, &i) in chunk.iter().enumerate() {
             let row = features[j * views * dim..(j + 1) * views * dim].to_vec();
             rows.push((hashes[i].clone(), row));
@@ -221,29 +247,54 @@ fn build_file(
     // Rows of images not in this set (another data set sharing the cache) are kept.
     if let Some(o) = &old {
         if o.views == views && o.dim == dim {
-            let mut others: Vec<(&String, usize)> =
-                o.index.iter().filter(|(h, _)| !seen.contains(*h)).map(|(h, &r)| (h, r)).collect();
+            let mut others: Vec<(&String, usize)> = o
+                .index
+                .iter()
+                .filter(|(h, _)| !seen.contains(*h))
+                .map(|(h, &r)| (h, r))
+                .collect();
             others.sort_by_key(|(_, r)| *r);
             for (hash, r) in others {
-                rows.push((hash.clone(), (0..views).flat_map(|v| o.get(r, v).iter().copied()).collect()));
+                rows.push((
+                    hash.clone(),
+                    (0..views)
+                        .flat_map(|v| o.get(r, v).iter().copied())
+                        .collect(),
+                ));
             }
         }
     }
     drop(old);
     let n = rows.len();
-    let shape: Vec<usize> = if augmented { vec![n, views, dim] } else { vec![n, dim] };
+    let shape: Vec<usize> = if augmented {
+        vec![n, views, dim]
+    } else {
+        vec![n, dim]
+    };
     let (hash_list, values): (Vec<String>, Vec<Vec<f32>>) = rows.into_iter().unzip();
     let tensor = Tensor::from_vec(values.concat(), shape, &device)?;
     let metadata = BTreeMap::from([
         ("format".to_string(), "gfer-feature-cache-1".to_string()),
-        ("hashes".to_string(), serde_json::to_string(&hash_list).map_err(|e| Error::config(e.to_string()))?),
+        (
+            "hashes".to_string(),
+            serde_json::to_string(&hash_list).map_err(|e| Error::config(e.to_string()))?,
+        ),
         ("backbone".to_string(), key.encoder.id().to_string()),
-        ("weights_fingerprint".to_string(), key.encoder.fingerprint().to_string()),
+        (
+            "weights_fingerprint".to_string(),
+            key.encoder.fingerprint().to_string(),
+        ),
         ("seed".to_string(), key.seed.to_string()),
     ]);
-    tensorfile::save(path, &HashMap::from([("features".to_string(), tensor)]), &metadata)?;
+    tensorfile::save(
+        path,
+        &HashMap::from([("features".to_string(), tensor)]),
+        &metadata,
+    )?;
     if stop.load(Ordering::SeqCst) {
-        return Err(Error::config("interrupted while building the feature cache (what was encoded is saved)"));
+        return Err(Error::config(
+            "interrupted while building the feature cache (what was encoded is saved)",
+        ));
     }
     Ok(count)
 }
@@ -265,9 +316,32 @@ pub fn build(
     let views_path = key.views_path(dir);
     let sources: Vec<ImageSource> = train.0.iter().chain(held_out.0).cloned().collect();
     let hashes: Vec<String> = train.1.iter().chain(held_out.1).cloned().collect();
-    let clean = build_file(&clean_path, key, false, &sources, &hashes, limits, stop, progress)?;
-    let views = build_file(&views_path, key, true, train.0, train.1, limits, stop, progress)?;
-    Ok((CachedFeatures::open(&clean_path)?, CachedFeatures::open(&views_path)?, clean, views))
+    let clean = build_file(
+        &clean_path,
+        key,
+        false,
+        &sources,
+        &hashes,
+        limits,
+        stop,
+        progress,
+    )?;
+    let views = build_file(
+        &views_path,
+        key,
+        true,
+        train.0,
+        train.1,
+        limits,
+        stop,
+        progress,
+    )?;
+    Ok((
+        CachedFeatures::open(&clean_path)?,
+        CachedFeatures::open(&views_path)?,
+        clean,
+        views,
+    ))
 }
 
 /// Builds (or completes) only the clean-view file, e.g. for evaluation images.
@@ -281,5 +355,14 @@ pub fn build_clean(
     progress: &indicatif::ProgressBar,
 ) -> Result<BuildCount> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    build_file(&key.clean_path(dir), key, false, sources, hashes, limits, stop, progress)
+    build_file(
+        &key.clean_path(dir),
+        key,
+        false,
+        sources,
+        hashes,
+        limits,
+        stop,
+        progress,
+    )
 }

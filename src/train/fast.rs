@@ -22,13 +22,19 @@ pub struct FastSource<'a> {
 
 impl<'a> FastSource<'a> {
     /// The samples with these content hashes, which must all be in the cache.
-    pub fn new(cache: &'a CachedFeatures, hashes: &[String], labels: Vec<u32>, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        cache: &'a CachedFeatures,
+        hashes: &[String],
+        labels: Vec<u32>,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let rows = hashes
             .iter()
             .map(|h| {
-                cache
-                    .row_of(h)
-                    .ok_or_else(|| Error::config(format!("image {h} is missing from the feature cache")))
+                cache.row_of(h).ok_or_else(|| {
+                    Error::config(format!("image {h} is missing from the feature cache"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(FastSource {
@@ -64,7 +70,9 @@ impl BatchSource for FastSource<'_> {
 
     fn train_batch(&self, indices: &[usize], epoch: usize) -> Result<Batch> {
         let views = self.cache.views;
-        self.batch(indices, |i| rng_for(self.seed, RNG_PICK_VIEW, epoch as u64, i as u64).gen_range(0..views))
+        self.batch(indices, |i| {
+            rng_for(self.seed, RNG_PICK_VIEW, epoch as u64, i as u64).gen_range(0..views)
+        })
     }
 }
 

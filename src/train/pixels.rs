@@ -86,7 +86,10 @@ impl EvalSource for PixelSource<'_> {
 
     fn eval_batch(&self, indices: &[usize]) -> Result<Batch> {
         let decoded = self.images.decode(indices)?;
-        let pixels: Vec<Vec<f32>> = decoded.par_iter().map(|image| self.preprocess.apply(image)).collect();
+        let pixels: Vec<Vec<f32>> = decoded
+            .par_iter()
+            .map(|image| self.preprocess.apply(image))
+            .collect();
         self.batch_of(pixels, indices)
     }
 

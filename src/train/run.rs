@@ -38,7 +38,9 @@ impl RunDir {
 
     pub fn write_text(&self, name: &str, text: &str) -> Result<()> {
         let path = self.path(name);
-        write_atomically(&path, |tmp| std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e)))
+        write_atomically(&path, |tmp| {
+            std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
+        })
     }
 
     /// Appends one JSON line to `name` (the epoch log). Each line is written with a single
@@ -53,7 +55,8 @@ impl RunDir {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        file.write_all(line.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        file.write_all(line.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
         file.sync_data().map_err(|e| Error::io(&path, e))
     }
 
@@ -98,9 +101,12 @@ mod tests {
             run.append_jsonl("log.jsonl", &serde_json::json!({ "epoch": epoch }))?;
         }
         run.truncate_jsonl("log.jsonl", 2)?;
-        let text = std::fs::read_to_string(run.path("log.jsonl")).map_err(|e| Error::io("log", e))?;
+        let text =
+            std::fs::read_to_string(run.path("log.jsonl")).map_err(|e| Error::io("log", e))?;
         assert_eq!(text, "{\"epoch\":0}\n{\"epoch\":1}\n");
-        assert!(run.checkpoint("x").starts_with(dir.path().join("checkpoints")));
+        assert!(run
+            .checkpoint("x")
+            .starts_with(dir.path().join("checkpoints")));
         Ok(())
     }
 }

@@ -7,11 +7,11 @@ use crate::bundle::{Bundle, BundleMeta, FORMAT_VERSION};
 use crate::data::{self, Dataset, Sample, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
+use crate::image::content_hash;
 use crate::image::{Augment, DecodeLimits, Preprocess, Preset};
+use crate::model::classifier::FROZEN_FEATURE;
 use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec};
 use crate::model::{init_var_builder, resnet, CafeConfig};
-use crate::image::content_hash;
-use crate::model::classifier::FROZEN_FEATURE;
 use crate::train::cache::{self, CacheKey};
 use crate::train::fast::FastSource;
 use crate::train::pixels::{LabelledImages, PixelSource};
@@ -78,7 +78,11 @@ pub struct TrainReport {
 
 pub enum RunOutcome {
     Finished(TrainReport),
-    Interrupted { run: PathBuf, epoch: usize, step: usize },
+    Interrupted {
+        run: PathBuf,
+        epoch: usize,
+        step: usize,
+    },
 }
 
 pub const CONFIG: &str = "config.json";
@@ -174,7 +178,8 @@ pub fn run(
     let limits = DecodeLimits {
         max_pixels: cfg.max_pixels,
     };
-    let (train, train_hashes, mut skipped) = usable_samples(&dataset.split(Split::Train), &limits, progress);
+    let (train, train_hashes, mut skipped) =
+        usable_samples(&dataset.split(Split::Train), &limits, progress);
     let held_split = held_out_split(&dataset);
     let (held, held_hashes, held_skipped) = match held_split {
         Some(split) => usable_samples(&dataset.split(split), &limits, progress),
@@ -187,7 +192,10 @@ pub fn run(
 
     let encoder: Option<Box<dyn Encoder>> = if cfg.method.uses_frozen_features() {
         let weights = cfg.weights.as_deref().ok_or_else(|| {
-            Error::config(format!("method {} needs --weights for the frozen encoder", cfg.method.name()))
+            Error::config(format!(
+                "method {} needs --weights for the frozen encoder",
+                cfg.method.name()
+            ))
         })?;
         Some(load_encoder(cfg.backbone, weights, device)?)
     } else {
@@ -219,7 +227,9 @@ pub fn run(
     let spec = ModelSpec::new(cfg.method, cafe, generator);
     let uses_resnet = matches!(spec.generator, Some(GeneratorSpec::Resnet { .. }));
     let given = match (&cfg.mask_init, uses_resnet) {
-        (Some(path), true) => resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?,
+        (Some(path), true) => {
+            resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?
+        }
         _ => HashMap::new(),
     };
     let model = Classifier::new(init_var_builder(given, cfg.recipe.seed, device), &spec)?;
@@ -258,7 +268,11 @@ pub fn run(
         training: serde_json::to_value(cfg).map_err(|e| Error::config(e.to_string()))?,
     };
     let mut save_model = |tensors: &HashMap<String, candle_core::Tensor>, which: &str| {
-        let name = if which == "best" { BEST_BUNDLE } else { FINAL_BUNDLE };
+        let name = if which == "best" {
+            BEST_BUNDLE
+        } else {
+            FINAL_BUNDLE
+        };
         Bundle {
             origin: String::new(),
             meta: meta.clone(),
@@ -274,7 +288,12 @@ pub fn run(
         progress,
         device,
     };
-    let labels_of = |samples: &[&Sample]| samples.iter().map(|s| s.label.index() as u32).collect::<Vec<_>>();
+    let labels_of = |samples: &[&Sample]| {
+        samples
+            .iter()
+            .map(|s| s.label.index() as u32)
+            .collect::<Vec<_>>()
+    };
     let finished = match (&cfg.fast, encoder.as_deref()) {
         (Some(fast), Some(encoder)) => {
             let key = CacheKey {
@@ -283,7 +302,8 @@ pub fn run(
                 seed: cfg.recipe.seed,
                 views: fast.views,
             };
-            let sources = |samples: &[&Sample]| samples.iter().map(|s| s.source.clone()).collect::<Vec<_>>();
+            let sources =
+                |samples: &[&Sample]| samples.iter().map(|s| s.source.clone()).collect::<Vec<_>>();
             let (clean, views, clean_count, views_count) = cache::build(
                 &fast.cache_dir,
                 &key,
@@ -300,13 +320,33 @@ pub fn run(
                 views_count.computed,
                 views_count.reused
             );
-            let source = FastSource::new(&views, &train_hashes, labels_of(&train), cfg.recipe.seed, device)?;
-            let held_source = FastSource::new(&clean, &held_hashes, labels_of(&held), cfg.recipe.seed, device)?;
-            let held_ref: Option<&dyn EvalSource> = if held.is_empty() { None } else { Some(&held_source) };
+            let source = FastSource::new(
+                &views,
+                &train_hashes,
+                labels_of(&train),
+                cfg.recipe.seed,
+                device,
+            )?;
+            let held_source = FastSource::new(
+                &clean,
+                &held_hashes,
+                labels_of(&held),
+                cfg.recipe.seed,
+                device,
+            )?;
+            let held_ref: Option<&dyn EvalSource> = if held.is_empty() {
+                None
+            } else {
+                Some(&held_source)
+            };
             let outcome = trainer::train(&ctx, &model, &source, held_ref, &mut save_model)?;
             finish(outcome, &model, held_ref)?
         }
-        (Some(_), None) => return Err(Error::config("fast mode needs a frozen encoder (--weights)")),
+        (Some(_), None) => {
+            return Err(Error::config(
+                "fast mode needs a frozen encoder (--weights)",
+            ))
+        }
         (None, encoder) => {
             let pixels = |samples: &[&Sample]| PixelSource {
                 images: labelled(samples, limits),
@@ -318,7 +358,11 @@ pub fn run(
             };
             let source = pixels(&train);
             let held_source = pixels(&held);
-            let held_ref: Option<&dyn EvalSource> = if held.is_empty() { None } else { Some(&held_source) };
+            let held_ref: Option<&dyn EvalSource> = if held.is_empty() {
+                None
+            } else {
+                Some(&held_source)
+            };
             let outcome = trainer::train(&ctx, &model, &source, held_ref, &mut save_model)?;
             finish(outcome, &model, held_ref)?
         }
@@ -345,7 +389,11 @@ pub fn run(
 /// where an interrupted run stopped.
 type Finished = std::result::Result<(Vec<trainer::EpochLog>, Option<Metrics>), (usize, usize)>;
 
-fn finish(outcome: Outcome, model: &Classifier, held_out: Option<&dyn EvalSource>) -> Result<Finished> {
+fn finish(
+    outcome: Outcome,
+    model: &Classifier,
+    held_out: Option<&dyn EvalSource>,
+) -> Result<Finished> {
     Ok(match outcome {
         Outcome::Interrupted { epoch, step } => Err((epoch, step)),
         Outcome::Finished { log } => {
@@ -361,12 +409,20 @@ fn finish(outcome: Outcome, model: &Classifier, held_out: Option<&dyn EvalSource
 fn class_counts(samples: &[&Sample]) -> serde_json::Value {
     let mut counts = serde_json::Map::new();
     for e in Expression::ALL {
-        counts.insert(e.name().to_string(), samples.iter().filter(|s| s.label == e).count().into());
+        counts.insert(
+            e.name().to_string(),
+            samples.iter().filter(|s| s.label == e).count().into(),
+        );
     }
     counts.into()
 }
 
-fn write_report(run: &RunDir, cfg: &TrainConfig, log: &[trainer::EpochLog], held_out: Option<&Metrics>) -> Result<()> {
+fn write_report(
+    run: &RunDir,
+    cfg: &TrainConfig,
+    log: &[trainer::EpochLog],
+    held_out: Option<&Metrics>,
+) -> Result<()> {
     let mut text = format!(
         "# gfer training run\n\nsource `{}`, method `{}`, {} epochs, batch {}, lr {}, seed {}\n\n\
          | epoch | loss | cls | sep | div | train acc | held-out acc | lr | img/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -386,7 +442,9 @@ fn write_report(run: &RunDir, cfg: &TrainConfig, log: &[trainer::EpochLog], held
             e.loss_sep,
             e.loss_div,
             100.0 * e.train_accuracy,
-            e.eval_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "-".into()),
+            e.eval_accuracy
+                .map(|a| format!("{:.2}%", 100.0 * a))
+                .unwrap_or_else(|| "-".into()),
             e.lr,
             e.images_per_second
         ));
@@ -394,7 +452,10 @@ fn write_report(run: &RunDir, cfg: &TrainConfig, log: &[trainer::EpochLog], held
     if let Some(m) = held_out {
         let mut m = m.clone();
         m.confusion.classes = Expression::names();
-        text.push_str(&format!("\n## Final model on the held-out split\n\n```\n{}```\n", m.to_table()));
+        text.push_str(&format!(
+            "\n## Final model on the held-out split\n\n```\n{}```\n",
+            m.to_table()
+        ));
     }
     run.write_text("report.md", &text)
 }

@@ -118,9 +118,14 @@ pub struct EpochLog {
 
 /// How a call to [`train`] ended.
 pub enum Outcome {
-    Finished { log: Vec<EpochLog> },
+    Finished {
+        log: Vec<EpochLog>,
+    },
     /// Stopped by the user after a step; the checkpoint holds everything to resume.
-    Interrupted { epoch: usize, step: usize },
+    Interrupted {
+        epoch: usize,
+        step: usize,
+    },
 }
 
 /// Where training stands: saved in every checkpoint.
@@ -197,9 +202,15 @@ pub fn train(
         let mut order: Vec<usize> = (0..source.len()).collect();
         order.shuffle(&mut rng_for(recipe.seed, RNG_SHUFFLE, epoch as u64, 0));
         ctx.progress.set_length(source.len() as u64);
-        ctx.progress.set_position((progress.step * recipe.batch_size).min(source.len()) as u64);
-        ctx.progress.set_message(format!("epoch {}/{}", epoch + 1, recipe.epochs));
-        for (step, indices) in order.chunks(recipe.batch_size).enumerate().skip(progress.step) {
+        ctx.progress
+            .set_position((progress.step * recipe.batch_size).min(source.len()) as u64);
+        ctx.progress
+            .set_message(format!("epoch {}/{}", epoch + 1, recipe.epochs));
+        for (step, indices) in order
+            .chunks(recipe.batch_size)
+            .enumerate()
+            .skip(progress.step)
+        {
             if ctx.stop.load(Ordering::SeqCst) {
                 save_checkpoint(ctx.run, model, &adam, &progress)?;
                 return Ok(Outcome::Interrupted {
@@ -222,7 +233,9 @@ pub fn train(
             adam.step(&grads)?;
 
             let n = indices.len() as f64;
-            let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?) };
+            let scalar = |t: &Tensor| -> Result<f64> {
+                Ok(t.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?)
+            };
             let loss = scalar(&losses.loss)?;
             if !loss.is_finite() {
                 return Err(Error::config(format!(
@@ -335,15 +348,26 @@ pub fn model_tensors(model: &dyn Trainable) -> Result<HashMap<String, Tensor>> {
         .collect())
 }
 
-fn save_checkpoint(run: &RunDir, model: &dyn Trainable, adam: &Adam, progress: &Progress) -> Result<()> {
+fn save_checkpoint(
+    run: &RunDir,
+    model: &dyn Trainable,
+    adam: &Adam,
+    progress: &Progress,
+) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = model_tensors(model)?
         .into_iter()
         .map(|(name, t)| (format!("model.{name}"), t))
         .collect();
     let (adam_tensors, adam_meta) = adam.state()?;
-    tensors.extend(adam_tensors.into_iter().map(|(name, t)| (format!("adam.{name}"), t)));
-    let mut metadata: BTreeMap<String, String> =
-        adam_meta.into_iter().map(|(k, v)| (format!("adam.{k}"), v)).collect();
+    tensors.extend(
+        adam_tensors
+            .into_iter()
+            .map(|(name, t)| (format!("adam.{name}"), t)),
+    );
+    let mut metadata: BTreeMap<String, String> = adam_meta
+        .into_iter()
+        .map(|(k, v)| (format!("adam.{k}"), v))
+        .collect();
     metadata.insert(
         "progress".to_string(),
         serde_json::to_string(progress).map_err(|e| Error::config(e.to_string()))?,
@@ -362,7 +386,12 @@ fn resume(run: &RunDir, model: &dyn Trainable, adam: &mut Adam) -> Result<Progre
     let progress: Progress = metadata
         .get("progress")
         .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or_else(|| Error::weights(&display, "not a gfer training checkpoint (no progress record)"))?;
+        .ok_or_else(|| {
+            Error::weights(
+                &display,
+                "not a gfer training checkpoint (no progress record)",
+            )
+        })?;
     for (name, var) in model.trainable_vars().into_iter().chain(model.buffers()) {
         let key = format!("model.{name}");
         let saved = tensors
@@ -371,7 +400,11 @@ fn resume(run: &RunDir, model: &dyn Trainable, adam: &mut Adam) -> Result<Progre
         if saved.dims() != var.dims() {
             return Err(Error::weights(
                 &display,
-                format!("{key} has shape {:?} in the checkpoint, the model {:?}", saved.dims(), var.dims()),
+                format!(
+                    "{key} has shape {:?} in the checkpoint, the model {:?}",
+                    saved.dims(),
+                    var.dims()
+                ),
             ));
         }
         var.set(&saved.to_device(var.device())?.to_dtype(var.dtype())?)?;
