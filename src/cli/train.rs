@@ -33,6 +33,10 @@ pub struct TrainArgs {
     /// What to train: CAFE, its ablations, or a baseline.
     #[arg(long, value_enum, default_value = "cafe")]
     method: Method,
+    /// Stop after this many steps (saving, as on Ctrl-C), e.g. to fit a job's time limit;
+    /// continue later with --resume.
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
     #[command(flatten)]
     flags: TrainingFlags,
 }
@@ -158,7 +162,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = super::device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
-    let outcome = session::run(&cfg, &out, &stop, &progress, &device)?;
+    let outcome = session::run(&cfg, &out, &stop, args.stop_after_steps, &progress, &device)?;
     progress.finish_and_clear();
     match outcome {
         RunOutcome::Interrupted { run, epoch, step } => {

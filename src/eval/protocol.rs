@@ -262,7 +262,7 @@ pub fn run(
             }
             let run_dir = cfg.out.join("runs").join(&source.name).join(method.name());
             tracing::info!("training {} on {}", method.name(), source.name);
-            let bundle = match session::run(&train_cfg, &run_dir, stop, progress, device)? {
+            let bundle = match session::run(&train_cfg, &run_dir, stop, None, progress, device)? {
                 RunOutcome::Finished(report) => report.bundle,
                 RunOutcome::Interrupted { .. } => {
                     return Err(Error::config(format!(

@@ -66,6 +66,20 @@ impl CafeConfig {
         self.feature_dim / self.classes.max(1)
     }
 
+    /// The same configuration for a feature of width `dim`. The channels dropped per
+    /// group keep the authors' share (10 of 73), rounded, at least one.
+    pub fn with_feature_dim(&self, dim: usize) -> CafeConfig {
+        let mut cfg = self.clone();
+        cfg.feature_dim = dim;
+        if dim != self.feature_dim {
+            let group = dim / self.classes.max(1);
+            let share = self.drop_per_group as f64 / self.group().max(1) as f64;
+            cfg.drop_per_group =
+                ((group as f64 * share).round() as usize).clamp(1, group.saturating_sub(1).max(1));
+        }
+        cfg
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.classes < 2 {
             return Err(Error::config(format!(

@@ -169,6 +169,7 @@ pub fn run(
     cfg: &TrainConfig,
     out: &Path,
     stop: &AtomicBool,
+    max_steps: Option<usize>,
     progress: &indicatif::ProgressBar,
     device: &Device,
 ) -> Result<RunOutcome> {
@@ -203,10 +204,10 @@ pub fn run(
     };
     let input_size = encoder.as_ref().map(|e| e.input_size()).unwrap_or(224) as u32;
     let preprocess = Preprocess::new(cfg.preprocess, input_size);
-    let mut cafe = cfg.cafe.clone();
-    if let Some(encoder) = &encoder {
-        cafe.feature_dim = encoder.dim();
-    }
+    let cafe = match &encoder {
+        Some(encoder) => cfg.cafe.with_feature_dim(encoder.dim()),
+        None => cfg.cafe.clone(),
+    };
     let generator = match &cfg.fast {
         None => GeneratorSpec::Resnet {
             widths: cfg.cafe.trunk_widths,
@@ -287,6 +288,7 @@ pub fn run(
         stop,
         progress,
         device,
+        max_steps,
     };
     let labels_of = |samples: &[&Sample]| {
         samples

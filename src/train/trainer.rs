@@ -164,6 +164,9 @@ pub struct TrainContext<'a> {
     pub stop: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
     pub device: &'a Device,
+    /// Stop (save, as on Ctrl-C) after this many steps of this invocation: for jobs with
+    /// a time limit, and for testing resume.
+    pub max_steps: Option<usize>,
 }
 
 /// Trains `model` on `source` for the recipe's epochs, resuming from the run folder's
@@ -196,6 +199,7 @@ pub fn train(
     ctx.run.truncate_jsonl("log.jsonl", progress.epoch)?;
     let mut log: Vec<EpochLog> = Vec::new();
     let steps_per_epoch = source.len().div_ceil(recipe.batch_size);
+    let mut steps_taken = 0;
 
     while progress.epoch < recipe.epochs {
         let epoch = progress.epoch;
@@ -211,7 +215,7 @@ pub fn train(
             .enumerate()
             .skip(progress.step)
         {
-            if ctx.stop.load(Ordering::SeqCst) {
+            if ctx.stop.load(Ordering::SeqCst) || ctx.max_steps.is_some_and(|m| steps_taken >= m) {
                 save_checkpoint(ctx.run, model, &adam, &progress)?;
                 return Ok(Outcome::Interrupted {
                     epoch,
@@ -254,6 +258,7 @@ pub fn train(
             sums.seen += indices.len() as u64;
             sums.seconds += started.elapsed().as_secs_f64();
             progress.step = step + 1;
+            steps_taken += 1;
             ctx.progress.inc(indices.len() as u64);
             ctx.progress.set_message(format!(
                 "epoch {}/{} loss {:.4}",
