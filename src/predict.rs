@@ -4,11 +4,17 @@
 //! forward pass.
 //!
 //! ```no_run
-//! # fn example(classifier: std::sync::Arc<dyn gfer::predict::FaceClassifier>) -> gfer::Result<()> {
+//! # fn main() -> gfer::Result<()> {
 //! use gfer::predict::{PredictOptions, Predictor};
-//! let predictor = Predictor::new(classifier, PredictOptions::default())?;
-//! let limits = gfer::image::DecodeLimits { max_pixels: 50_000_000 };
-//! let photo = gfer::image::open("group.jpg".as_ref(), &limits)?;
+//! use std::path::Path;
+//! let device = candle_core::Device::Cpu;
+//! let predictor = Predictor::from_bundle(
+//!     Path::new("runs/raf-cafe/model.safetensors"),
+//!     Some(Path::new("ViT-B-32.safetensors")),
+//!     &device,
+//!     PredictOptions::default(),
+//! )?;
+//! let photo = gfer::image::open(Path::new("group.jpg"), &Default::default())?;
 //! for face in predictor.predict(&photo)?.faces {
 //!     println!("{:?} {} {:.2}", face.bbox, face.label, face.confidence);
 //! }
@@ -22,10 +28,12 @@ pub mod run;
 
 use crate::detect::{square_crop, FaceDetector, Rect, SeetaFaceDetector};
 use crate::error::{Error, Result};
+use crate::inference::{argmax, ExpressionModel};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::Serialize;
+use std::path::Path;
 use std::sync::Arc;
 
 /// What the predictor needs from a trained model: its preprocessing and class names, and
@@ -120,10 +128,36 @@ pub struct Predictor {
     options: PredictOptions,
 }
 
-// `Predictor::from_bundle(bundle_path, encoder_weights_path, options)` (a model bundle +
-// frozen encoder wrapped as a FaceClassifier) is added with the model bundle.
+/// A trained model bundle with its frozen encoder is the classifier of `gfer predict` and
+/// `gfer serve`.
+impl FaceClassifier for ExpressionModel {
+    fn preprocess(&self) -> crate::image::Preprocess {
+        ExpressionModel::preprocess(self)
+    }
+    fn class_names(&self) -> Vec<String> {
+        ExpressionModel::class_names(self)
+    }
+    fn device(&self) -> Device {
+        ExpressionModel::device(self).clone()
+    }
+    fn probabilities(&self, pixels: &Tensor) -> Result<Tensor> {
+        ExpressionModel::probabilities(self, pixels)
+    }
+}
 
 impl Predictor {
+    /// A predictor for a model bundle and the frozen encoder weights it was trained on
+    /// (`None` only for a model that reads no frozen feature), on `device`.
+    pub fn from_bundle(
+        bundle: &Path,
+        encoder_weights: Option<&Path>,
+        device: &Device,
+        options: PredictOptions,
+    ) -> Result<Self> {
+        let model = ExpressionModel::load(bundle, encoder_weights, device)?;
+        Self::new(Arc::new(model), options)
+    }
+
     /// A predictor around `classifier`, finding faces with the built-in SeetaFace
     /// detector when `options.detect` is set.
     pub fn new(classifier: Arc<dyn FaceClassifier>, options: PredictOptions) -> Result<Self> {
@@ -282,22 +316,13 @@ impl Predictor {
     }
 
     fn face(&self, located: LocatedFace, probabilities: Vec<f32>) -> Face {
-        let (top, confidence) = probabilities.iter().copied().enumerate().fold(
-            (0, f32::NEG_INFINITY),
-            |best, (i, p)| {
-                if p > best.1 {
-                    (i, p)
-                } else {
-                    best
-                }
-            },
-        );
+        let top = argmax(&probabilities);
         Face {
             bbox: located.bbox,
             crop: located.crop,
             detection_score: located.score,
             label: self.class_names[top].clone(),
-            confidence,
+            confidence: probabilities[top],
             probabilities,
         }
     }

@@ -2,6 +2,7 @@
 //! A colour classifier stands in for a trained model; the `Gated` one holds forward
 //! passes until the test lets them go, so queue and timeout behaviour is deterministic.
 
+mod common;
 mod predict_support;
 
 use gfer::predict::{FaceClassifier, PredictOptions, Predictor};
@@ -604,4 +605,67 @@ async fn two_hundred_concurrent_mixed_requests() {
     assert!(metrics.contains("gfer_images_total 100\n"), "{metrics}");
     assert!(metrics.contains("gfer_queue_depth 0\n"));
     server.shutdown().await;
+}
+
+/// `gfer serve` itself with a real model bundle: it answers like the library predictor
+/// and exits cleanly on SIGTERM.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_a_real_bundle_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let (bundle, weights) = predict_support::tiny_bundle();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(["serve", "--no-detect", "--addr", "127.0.0.1:0", "--model"])
+        .arg(bundle)
+        .arg("--weights")
+        .arg(weights)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "gfer serve exited early"
+        );
+        if let Some(at) = line.find("serving on http://") {
+            let rest = &line[at + "serving on http://".len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+    };
+    let face = common::synthetic_face(3, 900, 40);
+    let (status, body) = post(
+        &reqwest::Client::new(),
+        &format!("http://{addr}/v1/predict"),
+        encode(&face, image::ImageFormat::Png),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let options = PredictOptions {
+        detect: false,
+        ..Default::default()
+    };
+    let predictor =
+        Predictor::from_bundle(bundle, Some(weights), &candle_core::Device::Cpu, options).unwrap();
+    let expected = predictor.predict(&face).unwrap();
+    assert_eq!(body["faces"][0]["label"], expected.faces[0].label.as_str());
+    let served = body["faces"][0]["probabilities"]["happiness"]
+        .as_f64()
+        .unwrap();
+    assert!((served - f64::from(expected.faces[0].probabilities[3])).abs() < 1e-6);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

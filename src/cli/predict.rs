@@ -1,5 +1,6 @@
 //! `gfer predict`: expressions of the faces in photos, as JSON lines, CSV or a table.
 
+use anyhow::Context;
 use clap::Args;
 use gfer::image::DecodeLimits;
 use gfer::predict::inputs::{self, Shard};
@@ -9,15 +10,16 @@ use gfer::predict::{PredictOptions, Predictor};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-/// The trained model: a CAFE bundle and the frozen encoder's weights it was trained on.
+/// The trained model: a bundle and the frozen encoder's weights it was trained on.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Model bundle written by `gfer train` (.safetensors).
     #[arg(long, value_name = "BUNDLE")]
     pub model: PathBuf,
-    /// Weights of the frozen encoder the bundle was trained on.
+    /// The frozen encoder weights the model was trained on (not needed by models that
+    /// read no frozen feature).
     #[arg(long, value_name = "ENCODER")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
 }
 
 /// How faces are found and batched.
@@ -93,18 +95,9 @@ fn parse_shard(text: &str) -> Result<Shard, String> {
 /// The model behind `--model` and `--weights` as a predictor: the one place `predict`
 /// and `serve` load it.
 pub fn load_predictor(model: &ModelArgs, options: PredictOptions) -> anyhow::Result<Predictor> {
-    for (flag, path) in [("--model", &model.model), ("--weights", &model.weights)] {
-        if !path.is_file() {
-            anyhow::bail!("{flag} {}: no such file", path.display());
-        }
-    }
-    // Model bundles arrive with the CAFE model: `Predictor::from_bundle(&model.model,
-    // &model.weights, options)` goes here.
-    let _ = options;
-    anyhow::bail!(
-        "{}: this build cannot read model bundles yet",
-        model.model.display()
-    )
+    let device = super::device()?;
+    Predictor::from_bundle(&model.model, model.weights.as_deref(), &device, options)
+        .with_context(|| format!("loading {}", model.model.display()))
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {

@@ -140,3 +140,58 @@ pub fn corrupt_jpeg() -> Vec<u8> {
     bytes.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
     bytes
 }
+
+/// A real model bundle, trained once per test binary: fast-mode CAFE on the tiny CLIP
+/// fixture and synthetic faces (one colour and stripe per class), as `gfer train --fast`
+/// makes it. Returns (bundle, encoder weights).
+pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
+    use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
+    static BUNDLE: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        // One folder per test binary, replaced on every run.
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let dir =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-bundle-{binary}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::common::write_folder_dataset(&dir.join("data"), 12, 2);
+        let config = TrainConfig {
+            data: format!("folder:{}", dir.join("data").display()),
+            backbone: None,
+            weights: Some(crate::common::tiny_clip()),
+            preprocess: gfer::image::Preset::Cafe,
+            method: gfer::model::classifier::Method::Cafe,
+            cafe: gfer::model::CafeConfig::default(),
+            mask_init: None,
+            allow_partial: false,
+            recipe: gfer::train::trainer::Recipe {
+                epochs: 15,
+                batch_size: 8,
+                lr: 2e-3,
+                ..Default::default()
+            },
+            max_pixels: 1 << 24,
+            fast: Some(FastConfig {
+                views: 2,
+                hidden: vec![32],
+                cache_dir: dir.join("cache"),
+            }),
+        };
+        let outcome = session::run(
+            &config,
+            &dir.join("run"),
+            &std::sync::atomic::AtomicBool::new(false),
+            None,
+            &indicatif::ProgressBar::hidden(),
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("training the test bundle failed: {e}"));
+        let RunOutcome::Finished(report) = outcome else {
+            panic!("training the test bundle was interrupted")
+        };
+        (report.bundle, crate::common::tiny_clip())
+    })
+}
