@@ -7,7 +7,7 @@ mod predict_support;
 
 use gfer::predict::{FaceClassifier, PredictOptions, Predictor};
 use gfer::serve::{self, ServeConfig};
-use predict_support::{corrupt_jpeg, encode, png_bomb, solid, Gated, MeanColour};
+use predict_support::{corrupt_jpeg, encode, png_bomb, solid, BreaksOnBlue, Gated, MeanColour};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -422,6 +422,44 @@ async fn a_full_queue_answers_503_with_retry_after_and_a_slow_model_times_out() 
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["faces"][0]["label"], "blue");
     server.shutdown().await;
+}
+
+/// An image that makes the model fail (or panic) gets a 500 of its own; the images
+/// batched with it are still answered, and the worker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_image_costs_only_its_own_answer() {
+    for panics in [false, true] {
+        let server = start_with(
+            Arc::new(BreaksOnBlue { panics }),
+            ServeConfig {
+                max_batch_wait: Duration::from_millis(300),
+                ..config()
+            },
+        )
+        .await;
+        let client = reqwest::Client::new();
+        let url = server.url("/v1/predict");
+        let red = tokio::spawn(post_owned(client.clone(), url.clone(), png([250, 0, 0])));
+        let blue = tokio::spawn(post_owned(client.clone(), url.clone(), png([0, 0, 250])));
+        let (status, body) = red.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "panics: {panics}: {body}");
+        assert_eq!(body["faces"][0]["label"], "red");
+        let (status, body) = blue.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "panics: {panics}: {body}"
+        );
+        assert_eq!(body["code"], "prediction_failed");
+        let metrics = server.state.metrics().render(0);
+        assert!(
+            metrics.contains("gfer_batch_images_count 1\n"),
+            "one batch of two: {metrics}"
+        );
+        let (status, _) = post(&client, &url, png([0, 250, 0])).await;
+        assert_eq!(status, StatusCode::OK, "the worker survived");
+        server.shutdown().await;
+    }
 }
 
 async fn post_owned(client: reqwest::Client, url: String, body: Vec<u8>) -> (StatusCode, Value) {

@@ -126,8 +126,15 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
         images_per_step: args.faces.batch_size.clamp(1, 16),
     };
-    let summary = predict_inputs(&predictor, &selected, &options, &mut writer)?;
-    drop(writer.finish()?);
+    let finished = predict_inputs(&predictor, &selected, &options, &mut writer)
+        .and_then(|summary| writer.finish().map(|_| summary));
+    let summary = match finished {
+        // The reader went away (`gfer predict ... | head`): stop quietly, like other tools.
+        Err(gfer::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(())
+        }
+        other => other?,
+    };
 
     let failed = summary.failed.len() + collected.missing.len();
     eprintln!(

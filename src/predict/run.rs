@@ -75,7 +75,11 @@ pub fn predict_inputs<W: Write>(
         let predictions: Vec<std::result::Result<ImagePrediction, String>> =
             match predictor.predict_batch(&images) {
                 Ok(predictions) => predictions.into_iter().map(Ok).collect(),
-                Err(err) => vec![Err(err.to_string()); images.len()],
+                // One image that breaks the batch must not cost the others their answers.
+                Err(_) => images
+                    .iter()
+                    .map(|image| predictor.predict(image).map_err(|err| err.to_string()))
+                    .collect(),
             };
 
         for (input, slot) in step.iter().zip(slots) {

@@ -128,30 +128,43 @@ fn work(
         let (images, replies): (Vec<RgbImage>, Vec<oneshot::Sender<Reply>>) =
             jobs.into_iter().map(|job| (job.image, job.reply)).unzip();
         metrics.record_batch(images.len());
-        // A panic inside the model must cost this batch its answers, not the server its
-        // only worker.
-        let predicted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            predictor.predict_batch(&images)
-        }));
-        match predicted {
-            Ok(Ok(predictions)) => {
-                for (reply, prediction) in replies.into_iter().zip(predictions) {
-                    metrics.record_prediction(prediction.faces.len(), prediction.too_small);
-                    let _ = reply.send(Ok(prediction));
-                }
+        for (reply, answer) in replies.into_iter().zip(predict_each(predictor, &images)) {
+            if let Ok(prediction) = &answer {
+                metrics.record_prediction(prediction.faces.len(), prediction.too_small);
             }
-            Ok(Err(err)) => {
-                tracing::error!("prediction failed for a batch of {}: {err}", images.len());
-                for reply in replies {
-                    let _ = reply.send(Err(err.to_string()));
-                }
-            }
-            Err(_) => {
-                tracing::error!("the model panicked on a batch of {}", images.len());
-                for reply in replies {
-                    let _ = reply.send(Err("the model failed on this batch".into()));
-                }
-            }
+            let _ = reply.send(answer);
         }
+    }
+}
+
+/// The batch's answers, one per image. When the batch fails, each image is tried alone so
+/// that only the one that breaks it gets an error; a panic in the model is caught (the
+/// worker must survive it) and becomes that image's error.
+fn predict_each(predictor: &Predictor, images: &[RgbImage]) -> Vec<Reply> {
+    let guarded = |images: &[RgbImage]| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            predictor.predict_batch(images)
+        }))
+        .unwrap_or_else(|_| Err(crate::Error::Inference("the model panicked".into())))
+    };
+    match guarded(images) {
+        Ok(predictions) => predictions.into_iter().map(Ok).collect(),
+        Err(err) if images.len() == 1 => {
+            tracing::error!("prediction failed: {err}");
+            vec![Err(err.to_string())]
+        }
+        Err(_) => images
+            .iter()
+            .map(|image| {
+                let answer = guarded(std::slice::from_ref(image)).map_err(|err| {
+                    tracing::error!("prediction failed: {err}");
+                    err.to_string()
+                })?;
+                answer
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| "the model gave no answer".to_string())
+            })
+            .collect(),
     }
 }

@@ -83,6 +83,41 @@ impl FaceClassifier for Gated {
     }
 }
 
+/// Like [`MeanColour`], but a batch with a mostly blue crop in it fails: with an error,
+/// or with a panic when `panics` is set. For checking that one bad image costs only its
+/// own answer.
+pub struct BreaksOnBlue {
+    pub panics: bool,
+}
+
+impl FaceClassifier for BreaksOnBlue {
+    fn preprocess(&self) -> gfer::image::Preprocess {
+        MeanColour.preprocess()
+    }
+    fn class_names(&self) -> Vec<String> {
+        MeanColour.class_names()
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn probabilities(&self, pixels: &Tensor) -> gfer::Result<Tensor> {
+        let probabilities = MeanColour.probabilities(pixels)?;
+        let blue = probabilities
+            .narrow(1, 2, 1)?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        if blue > 0.5 {
+            if self.panics {
+                panic!("a test classifier that panics on blue");
+            }
+            return Err(gfer::Error::Inference(
+                "blue breaks this test classifier".into(),
+            ));
+        }
+        Ok(probabilities)
+    }
+}
+
 pub fn solid(colour: [u8; 3], width: u32, height: u32) -> RgbImage {
     RgbImage::from_pixel(width, height, Rgb(colour))
 }
