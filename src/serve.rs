@@ -382,10 +382,14 @@ async fn predict_inner(state: &AppState, request: Request) -> Result<ImagePredic
         let _permit = permit;
         check_header(&bytes, &limits)?;
         crate::image::decode(&bytes, "request body", &limits).map_err(|err| {
+            let reason = match err {
+                Error::Image { reason, .. } => reason,
+                other => other.to_string(),
+            };
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "corrupt_image",
-                format!("the image could not be decoded: {err}"),
+                format!("the image could not be decoded: {reason}"),
             )
         })
     })

@@ -58,7 +58,7 @@ pub fn predict_inputs<W: Write>(
     for step in inputs.chunks(options.images_per_step.max(1)) {
         let decoded: Vec<std::result::Result<RgbImage, String>> = step
             .par_iter()
-            .map(|input| read_image(input, &options.limits).map_err(|err| err.to_string()))
+            .map(|input| read_image(input, &options.limits).map_err(reason))
             .collect();
         // The decoded images go to the model together; each input keeps the index of its
         // image, or why it has none.
@@ -117,6 +117,15 @@ pub fn predict_inputs<W: Write>(
     }
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// Why an input failed, without the path that every record already carries.
+fn reason(err: Error) -> String {
+    match err {
+        Error::Image { reason, .. } => reason,
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn read_image(input: &Input, limits: &DecodeLimits) -> Result<RgbImage> {
