@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | cafe (and its loss ablations) | mask logits | F * sigmoid(g) | separation, diverse |
 //! | cafe-no-sigmoid | mask | F * g | separation, diverse |
+//! | cafe-no-mask | none | F | separation, diverse |
 //! | linear-probe | none | F | none |
 //! | concat | pooled ResNet feature | [F, g] | none |
 //! | resnet | pooled ResNet feature | g (no frozen encoder) | none |
@@ -31,6 +32,8 @@ pub enum Method {
     CafeMaskOnly,
     /// CAFE with the mask used as it is, without the sigmoid.
     CafeNoSigmoid,
+    /// CAFE's head and losses on the frozen feature with no mask at all.
+    CafeNoMask,
     /// A linear classifier on the frozen feature.
     LinearProbe,
     /// A linear classifier on the frozen feature concatenated with the ResNet-18 feature.
@@ -47,6 +50,7 @@ impl Method {
             Method::CafeNoDiv => "cafe-no-div",
             Method::CafeMaskOnly => "cafe-mask-only",
             Method::CafeNoSigmoid => "cafe-no-sigmoid",
+            Method::CafeNoMask => "cafe-no-mask",
             Method::LinearProbe => "linear-probe",
             Method::Concat => "concat",
             Method::Resnet => "resnet",
@@ -70,7 +74,7 @@ impl Method {
     }
 
     pub fn uses_generator(self) -> bool {
-        self != Method::LinearProbe
+        !matches!(self, Method::LinearProbe | Method::CafeNoMask)
     }
 }
 
@@ -113,7 +117,8 @@ impl ModelSpec {
                 cafe.lambda = 0.0;
                 cafe.beta = 0.0
             }
-            Method::CafeNoSigmoid => cafe.sigmoid_mask = false,
+            // Without a generator the head multiplies by a mask of ones.
+            Method::CafeNoSigmoid | Method::CafeNoMask => cafe.sigmoid_mask = false,
             _ => {}
         }
         ModelSpec {
@@ -300,14 +305,15 @@ impl Classifier {
     }
 
     fn head_input(&self, batch: &Batch, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = match &self.generator {
-            Some(generator) => Some(generator.output(batch, train)?),
-            None => None,
-        };
         let f = if self.spec.method.uses_frozen_features() {
             Some(required(&batch.features, "frozen features")?.detach())
         } else {
             None
+        };
+        let g = match (&self.generator, &f) {
+            (Some(generator), _) => Some(generator.output(batch, train)?),
+            (None, Some(f)) if self.spec.method == Method::CafeNoMask => Some(f.ones_like()?),
+            (None, _) => None,
         };
         Ok((f, g))
     }
