@@ -6,6 +6,7 @@
 pub mod backbone;
 pub mod error;
 pub mod labels;
+pub mod onnx;
 
 pub use error::{Error, Result};
 pub use labels::Expression;

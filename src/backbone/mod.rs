@@ -1,5 +1,6 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
 
+pub mod dinov2;
 pub mod weights;
 
 use crate::error::Result;
