@@ -4,9 +4,12 @@
 //! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
 
 pub mod backbone;
+pub mod draw;
 pub mod error;
+pub mod eval;
 pub mod labels;
 pub mod onnx;
+pub mod tensorfile;
 
 pub use error::{Error, Result};
 pub use labels::Expression;
