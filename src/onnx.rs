@@ -313,7 +313,10 @@ mod tests {
             w.to_vec2::<f32>().unwrap(),
             vec![vec![1., 2., 3.], vec![4., 5., 6.]]
         );
-        assert_eq!(graph.initializer[1].f32_values().unwrap(), vec![-1., 0.5, 7.]);
+        assert_eq!(
+            graph.initializer[1].f32_values().unwrap(),
+            vec![-1., 0.5, 7.]
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn resize_grid(
         GridResize::ToSize => side_in as f32 / side_out as f32,
         GridResize::MetaScaleOffset => (1.0 / ((side_out as f64 + 0.1) / side_in as f64)) as f32,
     };
-    let taps = cubic_taps(side_in, side_out, scale);
+    let taps = cubic_taps(side_out, scale);
     // Separable: along rows (y) first, then columns (x).
     let mut rows = vec![0f64; side_out * side_in * dim];
     for (oy, (first, weights)) in taps.iter().enumerate() {
@@ -136,7 +136,7 @@ pub fn resize_grid(
 }
 
 /// For each output index: the first of the 4 input indices it reads and their weights.
-fn cubic_taps(side_in: usize, side_out: usize, scale: f32) -> Vec<(isize, [f64; 4])> {
+fn cubic_taps(side_out: usize, scale: f32) -> Vec<(isize, [f64; 4])> {
     const A: f64 = -0.75;
     // Keys' cubic convolution kernel for |x| <= 1 and for 1 < |x| < 2.
     let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
@@ -168,7 +168,10 @@ pub struct Dinov2Checkpoint {
 /// renames to Hugging Face names and converts to f32. Tensors outside the model's prefix
 /// (e.g. a classifier head) are ignored; unknown names inside it are an error, as are
 /// models gfer does not implement (registers, SwiGLU).
-pub fn canonical_checkpoint(raw: HashMap<String, Tensor>, source: &str) -> Result<Dinov2Checkpoint> {
+pub fn canonical_checkpoint(
+    raw: HashMap<String, Tensor>,
+    source: &str,
+) -> Result<Dinov2Checkpoint> {
     const HF_ANCHOR: &str = "embeddings.patch_embeddings.projection.weight";
     const META_ANCHOR: &str = "patch_embed.proj.weight";
     let find_prefix = |anchor: &str| {
@@ -205,7 +208,7 @@ pub fn canonical_checkpoint(raw: HashMap<String, Tensor>, source: &str) -> Resul
                 if local == "embeddings.mask_token" {
                     continue; // only used for masked-image training
                 }
-                tensors.insert(local.to_string(), tensor);
+                tensors.insert(hub_name(local), tensor);
             }
             CheckpointLayout::Meta => {
                 for (hf_name, part) in meta_to_hf(local, tensor, source)? {
@@ -215,6 +218,21 @@ pub fn canonical_checkpoint(raw: HashMap<String, Tensor>, source: &str) -> Resul
         }
     }
     Ok(Dinov2Checkpoint { tensors, layout })
+}
+
+/// The hub checkpoint name of a Hugging Face tensor: transformers 5 names the attention
+/// projections `q_proj`, `k_proj`, `v_proj`, `o_proj` in memory (and in files it saves
+/// without conversion); the hub files and ONNX exports use the older names.
+fn hub_name(name: &str) -> String {
+    const RENAMED: [(&str, &str); 4] = [
+        (".attention.q_proj.", ".attention.attention.query."),
+        (".attention.k_proj.", ".attention.attention.key."),
+        (".attention.v_proj.", ".attention.attention.value."),
+        (".attention.o_proj.", ".attention.output.dense."),
+    ];
+    RENAMED
+        .iter()
+        .fold(name.to_string(), |n, (new, old)| n.replace(new, old))
 }
 
 /// One Meta tensor under its Hugging Face name(s); the fused `attn.qkv` becomes three.
@@ -227,15 +245,22 @@ fn meta_to_hf(name: &str, tensor: Tensor, source: &str) -> Result<Vec<(String, T
         } else {
             ""
         };
-        Error::weights(source, format!("unexpected tensor {name} in a Meta DINOv2 checkpoint{hint}"))
+        Error::weights(
+            source,
+            format!("unexpected tensor {name} in a Meta DINOv2 checkpoint{hint}"),
+        )
     };
     let single = |hf: String| Ok(vec![(hf, tensor.clone())]);
     match name {
         "mask_token" => return Ok(vec![]),
         "cls_token" => return single("embeddings.cls_token".into()),
         "pos_embed" => return single("embeddings.position_embeddings".into()),
-        "patch_embed.proj.weight" => return single("embeddings.patch_embeddings.projection.weight".into()),
-        "patch_embed.proj.bias" => return single("embeddings.patch_embeddings.projection.bias".into()),
+        "patch_embed.proj.weight" => {
+            return single("embeddings.patch_embeddings.projection.weight".into())
+        }
+        "patch_embed.proj.bias" => {
+            return single("embeddings.patch_embeddings.projection.bias".into())
+        }
         "norm.weight" => return single("layernorm.weight".into()),
         "norm.bias" => return single("layernorm.bias".into()),
         _ => {}
@@ -258,7 +283,10 @@ fn meta_to_hf(name: &str, tensor: Tensor, source: &str) -> Result<Vec<(String, T
             if rows % 3 != 0 {
                 return Err(Error::weights(
                     source,
-                    format!("{name} has shape {:?}, whose first dimension is not 3 x width", tensor.dims()),
+                    format!(
+                        "{name} has shape {:?}, whose first dimension is not 3 x width",
+                        tensor.dims()
+                    ),
                 ));
             }
             let width = rows / 3;
@@ -354,7 +382,10 @@ impl Tensors<'_> {
         if tensor.dims() != shape {
             return Err(Error::weights(
                 self.source,
-                format!("tensor {name} has shape {:?}, expected {shape:?}", tensor.dims()),
+                format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                ),
             ));
         }
         Ok(tensor)
@@ -391,12 +422,20 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<D
     if width == 0 || width % HEAD_DIM != 0 {
         return Err(Error::weights(
             source,
-            format!("embeddings.cls_token has width {width}, not a positive multiple of {HEAD_DIM}"),
+            format!(
+                "embeddings.cls_token has width {width}, not a positive multiple of {HEAD_DIM}"
+            ),
         ));
     }
     let layer_indices: BTreeSet<usize> = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix("encoder.layer.")?.split('.').next()?.parse().ok())
+        .filter_map(|k| {
+            k.strip_prefix("encoder.layer.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     let layers = layer_indices.len();
     if layers == 0 || layer_indices.iter().next_back() != Some(&(layers - 1)) {
@@ -558,7 +597,10 @@ impl Dinov2Encoder {
     /// the input grid), so a converted file and the checkpoint it came from agree.
     fn compute_fingerprint(&self) -> Result<String> {
         let mut named: Vec<(String, &Tensor)> = vec![
-            ("patch_embedding.weight_t".into(), &self.patch_embedding.weight_t),
+            (
+                "patch_embedding.weight_t".into(),
+                &self.patch_embedding.weight_t,
+            ),
             ("patch_embedding.bias".into(), &self.patch_embedding.bias),
             ("cls_token".into(), &self.cls_token),
             ("position_embeddings".into(), &self.position_embeddings),
@@ -618,7 +660,8 @@ impl Dinov2Encoder {
             .reshape((batch, grid * grid, 3 * PATCH_SIZE * PATCH_SIZE))?;
         let patch_tokens = self.patch_embedding.forward(&patches)?;
         let cls = self.cls_token.broadcast_as((batch, 1, dim))?;
-        let mut x = Tensor::cat(&[&cls, &patch_tokens], 1)?.broadcast_add(&self.position_embeddings)?;
+        let mut x =
+            Tensor::cat(&[&cls, &patch_tokens], 1)?.broadcast_add(&self.position_embeddings)?;
         for block in &self.blocks {
             x = block.forward(&x, self.config.heads())?;
         }
@@ -671,7 +714,11 @@ pub fn positions_for_grid(
         .flatten_all()?
         .to_vec1()?;
     let resized = resize_grid(&grid, stored_grid, target_grid, dim, rule);
-    let resized = Tensor::from_vec(resized, (1, target_grid * target_grid, dim), stored.device())?;
+    let resized = Tensor::from_vec(
+        resized,
+        (1, target_grid * target_grid, dim),
+        stored.device(),
+    )?;
     Ok(Tensor::cat(&[&class_position, &resized], 1)?)
 }
 
@@ -706,5 +753,134 @@ impl Encoder for Dinov2Encoder {
                 Tensor::cat(&[&cls, &mean_patch], 1)?
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_close(actual: &[f32], expected: &[f32]) {
+        assert_eq!(actual.len(), expected.len());
+        for (a, e) in actual.iter().zip(expected) {
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{actual:?} vs {expected:?}"
+            );
+        }
+    }
+
+    /// Expected values from torch.nn.functional.interpolate(mode="bicubic",
+    /// align_corners=False) on x = arange(25)**1.5 as [1,1,5,5], and on [[0,1],[2,4]].
+    #[test]
+    fn resize_matches_pytorch_bicubic_down_and_up() {
+        let grid: Vec<f32> = (0..25).map(|i| (i as f32).powf(1.5)).collect();
+        assert_close(
+            &resize_grid(&grid, 5, 3, 1, GridResize::ToSize),
+            &[
+                2.7922168, 6.48796, 11.711327, 32.87024, 41.569218, 50.94284, 82.73865, 94.354546,
+                106.48374,
+            ],
+        );
+        assert_close(
+            &resize_grid(&grid, 5, 3, 1, GridResize::MetaScaleOffset),
+            &[
+                2.5562985, 5.900319, 10.954535, 30.09881, 38.114162, 47.2105, 78.74346, 89.58107,
+                101.47728,
+            ],
+        );
+        assert_close(
+            &resize_grid(&[0., 1., 2., 4.], 2, 3, 1, GridResize::ToSize),
+            &[
+                -0.25288159,
+                0.28298616,
+                0.8188536,
+                0.8697919,
+                1.75,
+                2.6302083,
+                1.9924650,
+                3.2170138,
+                4.4415627,
+            ],
+        );
+    }
+
+    #[test]
+    fn resize_keeps_channels_apart_and_is_identity_at_the_same_size() {
+        // Two channels interleaved (channels last): each is resized on its own.
+        let grid: Vec<f32> = (0..18)
+            .map(|i| if i % 2 == 0 { i as f32 } else { -7.0 })
+            .collect();
+        let resized = resize_grid(&grid, 3, 5, 2, GridResize::ToSize);
+        assert!(resized
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .all(|v| (v + 7.0).abs() < 1e-5));
+        assert_eq!(resize_grid(&grid, 3, 3, 2, GridResize::ToSize), grid);
+    }
+
+    #[test]
+    fn names_meta_tensors_the_hugging_face_way() {
+        let device = Device::Cpu;
+        let qkv = Tensor::arange(0f32, 6.0, &device)
+            .unwrap()
+            .reshape((6, 1))
+            .unwrap();
+        let renamed =
+            meta_to_hf("blocks.3.attn.qkv.bias", qkv.flatten_all().unwrap(), "x").unwrap();
+        let names: Vec<&str> = renamed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "encoder.layer.3.attention.attention.query.bias",
+                "encoder.layer.3.attention.attention.key.bias",
+                "encoder.layer.3.attention.attention.value.bias"
+            ]
+        );
+        assert_eq!(renamed[2].1.to_vec1::<f32>().unwrap(), [4.0, 5.0]);
+        let gamma = Tensor::zeros(4, DType::F32, &device).unwrap();
+        let renamed = meta_to_hf("blocks.11.ls2.gamma", gamma.clone(), "x").unwrap();
+        assert_eq!(renamed[0].0, "encoder.layer.11.layer_scale2.lambda1");
+        let error = meta_to_hf("register_tokens", gamma.clone(), "x").unwrap_err();
+        assert!(error.to_string().contains("registers"), "{error}");
+        assert!(meta_to_hf("blocks.0.mlp.w12.weight", gamma, "x").is_err());
+    }
+
+    #[test]
+    fn accepts_transformers_5_attention_names_and_any_prefix() {
+        assert_eq!(
+            hub_name("encoder.layer.2.attention.q_proj.weight"),
+            "encoder.layer.2.attention.attention.query.weight"
+        );
+        assert_eq!(
+            hub_name("encoder.layer.2.attention.o_proj.bias"),
+            "encoder.layer.2.attention.output.dense.bias"
+        );
+        let device = Device::Cpu;
+        let t = Tensor::zeros(1, DType::F16, &device).unwrap();
+        let raw: HashMap<String, Tensor> = [
+            "backbone.embeddings.patch_embeddings.projection.weight",
+            "backbone.embeddings.mask_token",
+            "backbone.encoder.layer.0.attention.k_proj.bias",
+            "head.weight",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), t.clone()))
+        .collect();
+        let checkpoint = canonical_checkpoint(raw, "x").unwrap();
+        assert_eq!(checkpoint.layout, CheckpointLayout::HuggingFace);
+        let mut names: Vec<&String> = checkpoint.tensors.keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "embeddings.patch_embeddings.projection.weight",
+                "encoder.layer.0.attention.attention.key.bias"
+            ]
+        );
+        assert!(checkpoint.tensors.values().all(|t| t.dtype() == DType::F32));
+        let not_dinov2: HashMap<String, Tensor> = [("conv1.weight".to_string(), t)].into();
+        assert!(canonical_checkpoint(not_dinov2, "x").is_err());
     }
 }

@@ -20,8 +20,9 @@ pub fn read_tensors(
     let display = path.display().to_string();
     let bytes_head = read_head(path)?;
     if looks_like_safetensors(&bytes_head) {
-        return candle_core::safetensors::load(path, device)
-            .map_err(|e| Error::weights(&display, format!("not a readable safetensors file: {e}")));
+        return candle_core::safetensors::load(path, device).map_err(|e| {
+            Error::weights(&display, format!("not a readable safetensors file: {e}"))
+        });
     }
     if !bytes_head.starts_with(b"PK") {
         return Err(Error::weights(
@@ -67,5 +68,7 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
 
 /// A safetensors file starts with a little-endian u64 header length followed by `{`.
 fn looks_like_safetensors(head: &[u8]) -> bool {
-    head.len() >= 9 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap_or([0; 8])) < (100 << 20)
+    head.len() >= 9
+        && head[8] == b'{'
+        && u64::from_le_bytes(head[..8].try_into().unwrap_or([0; 8])) < (100 << 20)
 }

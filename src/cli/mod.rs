@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod convert;
+
 #[derive(Parser)]
 #[command(
     name = "gfer",
@@ -18,8 +20,12 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    Convert(convert::ConvertArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Convert(args) => convert::run(args),
+    }
 }

@@ -100,9 +100,15 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| source.clone());
     let metadata: BTreeMap<String, String> = [
-        ("format", "huggingface Dinov2Model state dict (no prefix)".to_string()),
+        (
+            "format",
+            "huggingface Dinov2Model state dict (no prefix)".to_string(),
+        ),
         ("architecture", config.id()),
-        ("converted_by", format!("gfer {} convert", env!("CARGO_PKG_VERSION"))),
+        (
+            "converted_by",
+            format!("gfer {} convert", env!("CARGO_PKG_VERSION")),
+        ),
         ("source", file_name),
         ("source_sha256", source_sha256.clone()),
         (
@@ -325,7 +331,9 @@ fn check_position_resize(graph: &GraphProto, source: &str) -> Result<String> {
 fn graph_input_grid(graph: &GraphProto, source: &str) -> Result<usize> {
     let shape = graph.input.first().and_then(|i| i.shape());
     match shape.as_deref() {
-        Some([_, Some(3), Some(h), Some(w)]) if h == w && *h > 0 && *h as usize % PATCH_SIZE == 0 => {
+        Some([_, Some(3), Some(h), Some(w)])
+            if h == w && *h > 0 && *h as usize % PATCH_SIZE == 0 =>
+        {
             Ok(*h as usize / PATCH_SIZE)
         }
         _ => Err(Error::weights(
