@@ -74,13 +74,13 @@ pub enum GridResize {
 
 /// Where a checkpoint's names came from; decides how its position grid is resized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckpointLayout {
+enum CheckpointLayout {
     HuggingFace,
     Meta,
 }
 
 impl CheckpointLayout {
-    pub fn grid_resize(self) -> GridResize {
+    fn grid_resize(self) -> GridResize {
         match self {
             CheckpointLayout::HuggingFace => GridResize::ToSize,
             CheckpointLayout::Meta => GridResize::MetaScaleOffset,
@@ -159,19 +159,16 @@ fn clamp_index(index: isize, side: usize) -> usize {
 }
 
 /// A checkpoint's tensors under Hugging Face `Dinov2Model` names (no prefix), in f32.
-pub struct Dinov2Checkpoint {
-    pub tensors: HashMap<String, Tensor>,
-    pub layout: CheckpointLayout,
+struct Dinov2Checkpoint {
+    tensors: HashMap<String, Tensor>,
+    layout: CheckpointLayout,
 }
 
 /// Recognises the layout of `raw` (Hugging Face or Meta names, under any common prefix),
 /// renames to Hugging Face names and converts to f32. Tensors outside the model's prefix
 /// (e.g. a classifier head) are ignored; unknown names inside it are an error, as are
 /// models gfer does not implement (registers, SwiGLU).
-pub fn canonical_checkpoint(
-    raw: HashMap<String, Tensor>,
-    source: &str,
-) -> Result<Dinov2Checkpoint> {
+fn canonical_checkpoint(raw: HashMap<String, Tensor>, source: &str) -> Result<Dinov2Checkpoint> {
     const HF_ANCHOR: &str = "embeddings.patch_embeddings.projection.weight";
     const META_ANCHOR: &str = "patch_embed.proj.weight";
     let find_prefix = |anchor: &str| {
@@ -411,7 +408,7 @@ impl Tensors<'_> {
 }
 
 /// Infers the model's shapes from Hugging Face-named tensors.
-pub fn infer_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<Dinov2Config> {
+fn infer_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<Dinov2Config> {
     let dims = |name: &str| {
         tensors
             .get(name)
@@ -444,7 +441,10 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>, source: &str) -> Result<D
             format!("encoder layers are not numbered 0..N-1: {layer_indices:?}"),
         ));
     }
-    let mlp_width = dims("encoder.layer.0.mlp.fc1.weight")?[0];
+    let mlp_width = dims("encoder.layer.0.mlp.fc1.weight")?
+        .first()
+        .copied()
+        .unwrap_or(0);
     let positions = dims("embeddings.position_embeddings")?;
     let tokens = positions.get(1).copied().unwrap_or(0);
     let grid = (tokens.saturating_sub(1) as f64).sqrt().round() as usize;
@@ -493,7 +493,7 @@ impl Dinov2Encoder {
     }
 
     /// Builds the encoder from renamed tensors; `source` names the file in errors.
-    pub fn from_checkpoint(
+    fn from_checkpoint(
         checkpoint: Dinov2Checkpoint,
         source: &str,
         options: Dinov2Options,
@@ -698,7 +698,7 @@ impl Block {
 
 /// `[1, 1 + stored^2, D]` position embeddings for a `target x target` patch grid: as
 /// stored when the sides agree, else with the patch part resized by `rule`.
-pub fn positions_for_grid(
+fn positions_for_grid(
     stored: &Tensor,
     stored_grid: usize,
     target_grid: usize,

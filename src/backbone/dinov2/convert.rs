@@ -345,3 +345,163 @@ fn graph_input_grid(graph: &GraphProto, source: &str) -> Result<usize> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{AttributeProto, DATA_TYPE_FLOAT};
+
+    fn initialiser(name: &str, dims: &[i64]) -> TensorProto {
+        let count: i64 = dims.iter().product();
+        TensorProto {
+            dims: dims.to_vec(),
+            data_type: DATA_TYPE_FLOAT,
+            raw_data: (0..count).flat_map(|v| (v as f32).to_le_bytes()).collect(),
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, name: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![format!("{name}_output_0")],
+            name: name.to_string(),
+            op_type: op.to_string(),
+            attribute: vec![],
+        }
+    }
+
+    /// The shape of the exported graph in miniature: width 2, a 2x2 native grid, and a
+    /// key projection whose weight is anonymous.
+    fn graph() -> GraphProto {
+        GraphProto {
+            node: vec![
+                node(
+                    "Expand",
+                    "/backbone/embeddings/Expand",
+                    &["backbone.embeddings.cls_token", "s"],
+                ),
+                node(
+                    "Reshape",
+                    "/backbone/embeddings/Reshape_1",
+                    &["onnx::Reshape_7", "s"],
+                ),
+                node(
+                    "Concat",
+                    "/backbone/embeddings/Concat_6",
+                    &["onnx::Concat_5", "r"],
+                ),
+                node(
+                    "MatMul",
+                    "/backbone/encoder/layer.10/attention/attention/key/MatMul",
+                    &["x", "onnx::MatMul_9"],
+                ),
+                node(
+                    "Add",
+                    "/backbone/encoder/layer.10/attention/attention/key/Add",
+                    &[
+                        "backbone.encoder.layer.10.attention.attention.key.bias",
+                        "y",
+                    ],
+                ),
+                node(
+                    "Conv",
+                    "/decoder/final_conv/Conv",
+                    &["z", "decoder.final_conv.weight"],
+                ),
+            ],
+            initializer: vec![
+                initialiser("backbone.embeddings.cls_token", &[1, 1, 2]),
+                initialiser("onnx::Reshape_7", &[1, 4, 2]),
+                initialiser("onnx::Concat_5", &[1, 1, 2]),
+                initialiser("onnx::MatMul_9", &[2, 3]),
+                initialiser(
+                    "backbone.encoder.layer.10.attention.attention.key.bias",
+                    &[3],
+                ),
+                initialiser("decoder.final_conv.weight", &[1, 2, 1, 1]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_initialisers_after_their_consumers_and_transposes_matmul_weights() {
+        let named = name_backbone_initialisers(&graph(), "test.onnx").unwrap();
+        assert_eq!((named.native_grid, named.skipped), (2, 1));
+        let mut names: Vec<&String> = named.tensors.keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "embeddings.cls_token",
+                "embeddings.position_embeddings",
+                "encoder.layer.10.attention.attention.key.bias",
+                "encoder.layer.10.attention.attention.key.weight",
+            ]
+        );
+        // ONNX [in=2, out=3] -> Linear [out=3, in=2].
+        let key = &named.tensors["encoder.layer.10.attention.attention.key.weight"];
+        assert_eq!(
+            key.to_vec2::<f32>().unwrap(),
+            [[0., 3.], [1., 4.], [2., 5.]]
+        );
+        // CLS position first, then the grid.
+        let positions = &named.tensors["embeddings.position_embeddings"];
+        assert_eq!(positions.dims(), &[1, 5, 2]);
+        assert_eq!(
+            positions.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..4],
+            [0., 1., 0., 1.]
+        );
+    }
+
+    #[test]
+    fn refuses_an_anonymous_initialiser_it_cannot_place() {
+        let mut graph = graph();
+        graph.node.push(node(
+            "MatMul",
+            "/backbone/encoder/layer.0/other/MatMul",
+            &["x", "onnx::MatMul_11"],
+        ));
+        graph
+            .initializer
+            .push(initialiser("onnx::MatMul_11", &[2, 2]));
+        let Err(error) = name_backbone_initialisers(&graph, "test.onnx") else {
+            panic!("an unknown anonymous initialiser was accepted");
+        };
+        assert!(error.to_string().contains("onnx::MatMul_11"), "{error}");
+    }
+
+    #[test]
+    fn accepts_only_the_position_resize_it_reproduces() {
+        let resize = |attributes: Vec<AttributeProto>, inputs: &[&str]| GraphProto {
+            node: vec![NodeProto {
+                attribute: attributes,
+                ..node("Resize", "/backbone/embeddings/Resize", inputs)
+            }],
+            ..Default::default()
+        };
+        let text = |name: &str, value: &str| AttributeProto {
+            name: name.into(),
+            s: value.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let cubic = vec![
+            text("mode", "cubic"),
+            text("coordinate_transformation_mode", "half_pixel"),
+        ];
+        let to_sizes = ["grid", "", "", "sizes"];
+        assert!(check_position_resize(&resize(cubic.clone(), &to_sizes), "t").is_ok());
+        let to_scales = ["grid", "", "scales"];
+        assert!(check_position_resize(&resize(cubic.clone(), &to_scales), "t").is_err());
+        let aligned = vec![
+            text("mode", "cubic"),
+            text("coordinate_transformation_mode", "align_corners"),
+        ];
+        assert!(check_position_resize(&resize(aligned, &to_sizes), "t").is_err());
+        let linear = vec![text("mode", "linear")];
+        assert!(check_position_resize(&resize(linear, &to_sizes), "t").is_err());
+        assert!(check_position_resize(&GraphProto::default(), "t").is_err());
+    }
+}
