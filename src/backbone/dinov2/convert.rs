@@ -100,9 +100,11 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| source.clone());
     let metadata: BTreeMap<String, String> = [
+        // "pt" is what transformers' safetensors loader expects here.
+        ("format", "pt".to_string()),
         (
-            "format",
-            "huggingface Dinov2Model state dict (no prefix)".to_string(),
+            "layout",
+            "Hugging Face Dinov2Model state dict, no prefix".to_string(),
         ),
         ("architecture", config.id()),
         (
