@@ -16,6 +16,7 @@ pub mod image;
 pub mod inference;
 pub mod labels;
 pub mod model;
+pub mod onnx;
 pub mod tensorfile;
 pub mod train;
 

@@ -1,6 +1,7 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
 
 pub mod clip;
+pub mod dinov2;
 pub mod ops;
 pub mod weights;
 

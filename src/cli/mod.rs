@@ -13,6 +13,7 @@ mod protocol;
 mod train;
 
 pub use common::*;
+mod convert;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
     Domains(domains::DomainsArgs),
+    /// Convert the DINOv2 backbone of an ONNX export to a gfer encoder checkpoint.
+    Convert(convert::ConvertArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Protocol(args) => protocol::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Domains(args) => domains::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }
