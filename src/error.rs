@@ -48,6 +48,14 @@ pub enum Error {
     /// A third-party file that `scripts/fetch-assets` fetches is not there.
     #[error("{}: missing; {hint}", path.display())]
     MissingAsset { path: PathBuf, hint: String },
+
+    /// A face detector that failed on an image (or whose built-in model is unreadable).
+    #[error("face detection: {0}")]
+    Detection(String),
+
+    /// A model that returned something unusable (wrong shape, no classes).
+    #[error("inference: {0}")]
+    Inference(String),
 }
 
 impl Error {

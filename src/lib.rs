@@ -7,6 +7,7 @@ pub mod backbone;
 pub mod bench;
 pub mod bundle;
 pub mod data;
+pub mod detect;
 pub mod domains;
 pub mod draw;
 pub mod error;
@@ -17,6 +18,8 @@ pub mod inference;
 pub mod labels;
 pub mod model;
 pub mod onnx;
+pub mod predict;
+pub mod serve;
 pub mod tensorfile;
 pub mod train;
 

@@ -9,7 +9,9 @@ pub mod data;
 pub mod domains;
 mod eval;
 mod extract;
+pub mod predict;
 mod protocol;
+pub mod serve;
 mod train;
 
 pub use common::*;
@@ -47,6 +49,10 @@ pub enum Command {
     Domains(domains::DomainsArgs),
     /// Convert the DINOv2 backbone of an ONNX export to a gfer encoder checkpoint.
     Convert(convert::ConvertArgs),
+    /// Find the faces in photos and predict their expressions.
+    Predict(predict::PredictArgs),
+    /// Serve predictions over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -59,5 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Domains(args) => domains::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
