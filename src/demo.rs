@@ -37,9 +37,9 @@ impl Default for DemoOptions {
         DemoOptions {
             assets: PathBuf::from("assets"),
             out: PathBuf::from("runs/demo"),
-            avatars_per_class: 200,
+            avatars_per_class: 100,
             views: 4,
-            epochs: 60,
+            epochs: 30,
             seed: 3407,
         }
     }

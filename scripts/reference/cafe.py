@@ -18,6 +18,7 @@ Usage (through scripts/make_reference.py):
   make_reference.py cafe --testtime   full ResNet-18 fixtures (hundreds of MB) and two
                                       checkpoint files, in assets/reference/{parity,resnet18}/
 """
+TESTTIME = True  # has references too large to commit, made by --testtime before the tests
 import argparse
 import os
 import random
