@@ -8,6 +8,8 @@
 //! [`conv2d`]: candle's CPU backward pass of a convolution runs a naive transposed
 //! convolution for the input gradient; on the CPU this one is a custom op whose forward
 //! and backward passes are im2col/col2im around GEMMs. Other devices use candle's.
+//!
+//! Both CPU kernels run in f32 and f64 (the parity tests replay in f64).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -25,7 +27,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let (_, _, h, w) = x.dims4()?;
     pool.output_side(h)?;
     pool.output_side(w)?;
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_kernels(x) {
         x.contiguous()?.apply_op1(pool)
     } else {
         pool.composed(x)
@@ -97,10 +99,10 @@ impl MaxPool {
 
     /// For every output cell, the flat index (within its `H*W` plane) of the first maximum
     /// of its window, scanning rows then columns; `None` when the window is all padding.
-    fn arg_max(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
+    fn arg_max<T: Float>(&self, plane: &[T], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
         let y0 = (oy * self.stride) as isize - self.padding as isize;
         let x0 = (ox * self.stride) as isize - self.padding as isize;
-        let mut best: Option<(usize, f32)> = None;
+        let mut best: Option<(usize, T)> = None;
         for ky in 0..self.kernel as isize {
             let y = y0 + ky;
             if y < 0 || y >= h as isize {
@@ -124,15 +126,77 @@ impl MaxPool {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(data) => data,
-        other => candle_core::bail!("{what}: expected f32, got {:?}", other.dtype()),
+/// The element types the CPU kernels run on.
+trait Float: Copy + Send + Sync + PartialOrd + std::ops::AddAssign + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn is_nan(self) -> bool;
+    fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    fn into_storage(values: Vec<Self>) -> CpuStorage;
+}
+
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn is_nan(self) -> bool {
+        self.is_nan()
+    }
+    fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+        match storage {
+            CpuStorage::F32(data) => Some(data),
+            _ => None,
+        }
+    }
+    fn into_storage(values: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(values)
+    }
+}
+
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn is_nan(self) -> bool {
+        self.is_nan()
+    }
+    fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+        match storage {
+            CpuStorage::F64(data) => Some(data),
+            _ => None,
+        }
+    }
+    fn into_storage(values: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(values)
+    }
+}
+
+/// Whether `x` runs on the CPU kernels of this module (f32 or f64 on the CPU).
+fn on_cpu_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous values of a CPU tensor of element type `T`.
+fn contiguous<'a, T: Float>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [T]> {
+    let Some(data) = T::slice(storage) else {
+        candle_core::bail!("{what}: unexpected dtype {:?}", storage.dtype())
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what}: expected a contiguous tensor"),
     }
+}
+
+/// Runs `$f::<T>` for the element type of `$storage` (f32 or f64).
+macro_rules! by_dtype {
+    ($storage:expr, $f:ident($($arg:expr),*)) => {
+        match $storage {
+            CpuStorage::F32(_) => $f::<f32>($($arg),*),
+            CpuStorage::F64(_) => $f::<f64>($($arg),*),
+            other => candle_core::bail!("{}: f32 or f64 only, got {:?}", stringify!($f), other.dtype()),
+        }
+    };
 }
 
 impl CustomOp1 for MaxPool {
@@ -141,29 +205,33 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
-        let (ho, wo) = (self.output_side(h)?, self.output_side(w)?);
-        let input = contiguous_f32(storage, layout, "max-pool2d")?;
-        let mut out = vec![0f32; n * c * ho * wo];
-        out.par_chunks_mut(ho * wo)
-            .zip(input.par_chunks(h * w))
-            .for_each(|(out_plane, plane)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        out_plane[oy * wo + ox] = match self.arg_max(plane, h, w, oy, ox) {
-                            Some(i) => plane[i],
-                            None => f32::NEG_INFINITY,
-                        };
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+        by_dtype!(storage, pool_forward(self, storage, layout))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackward(*self))?;
         Ok(Some(grad))
     }
+}
+
+fn pool_forward<T: Float>(pool: &MaxPool, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (n, c, h, w) = layout.shape().dims4()?;
+    let (ho, wo) = (pool.output_side(h)?, pool.output_side(w)?);
+    let input = contiguous::<T>(storage, layout, "max-pool2d")?;
+    let mut out = vec![T::ZERO; n * c * ho * wo];
+    out.par_chunks_mut(ho * wo)
+        .zip(input.par_chunks(h * w))
+        .for_each(|(out_plane, plane)| {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    out_plane[oy * wo + ox] = match pool.arg_max(plane, h, w, oy, ox) {
+                        Some(i) => plane[i],
+                        None => T::NEG_INFINITY,
+                    };
+                }
+            }
+        });
+    Ok((T::into_storage(out), Shape::from((n, c, ho, wo))))
 }
 
 /// Scatters the output gradient to the arg-max of each window (arguments: the pooled
@@ -175,46 +243,49 @@ impl CustomOp2 for MaxPoolBackward {
         "max-pool2d-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let pool = self.0;
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let (ho, wo) = (pool.output_side(h)?, pool.output_side(w)?);
-        if l2.shape().dims() != [n, c, ho, wo] {
-            candle_core::bail!(
-                "max-pool2d backward: gradient shape {:?}, expected {:?}",
-                l2.shape(),
-                [n, c, ho, wo]
-            )
-        }
-        let input = contiguous_f32(s1, l1, "max-pool2d backward input")?;
-        let grad_out = contiguous_f32(s2, l2, "max-pool2d backward gradient")?;
-        let mut grad_in = vec![0f32; n * c * h * w];
-        grad_in
-            .par_chunks_mut(h * w)
-            .zip(input.par_chunks(h * w).zip(grad_out.par_chunks(ho * wo)))
-            .for_each(|(grad_plane, (plane, grad_out_plane))| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        if let Some(i) = pool.arg_max(plane, h, w, oy, ox) {
-                            grad_plane[i] += grad_out_plane[oy * wo + ox];
-                        }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s1, pool_backward(&self.0, s1, l1, s2, l2))
+    }
+}
+
+fn pool_backward<T: Float>(
+    pool: &MaxPool,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (n, c, h, w) = l1.shape().dims4()?;
+    let (ho, wo) = (pool.output_side(h)?, pool.output_side(w)?);
+    if l2.shape().dims() != [n, c, ho, wo] {
+        candle_core::bail!(
+            "max-pool2d backward: gradient shape {:?}, expected {:?}",
+            l2.shape(),
+            [n, c, ho, wo]
+        )
+    }
+    let input = contiguous::<T>(s1, l1, "max-pool2d backward input")?;
+    let grad_out = contiguous::<T>(s2, l2, "max-pool2d backward gradient")?;
+    let mut grad_in = vec![T::ZERO; n * c * h * w];
+    grad_in
+        .par_chunks_mut(h * w)
+        .zip(input.par_chunks(h * w).zip(grad_out.par_chunks(ho * wo)))
+        .for_each(|(grad_plane, (plane, grad_out_plane))| {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    if let Some(i) = pool.arg_max(plane, h, w, oy, ox) {
+                        grad_plane[i] += grad_out_plane[oy * wo + ox];
                     }
                 }
-            });
-        Ok((CpuStorage::F32(grad_in), Shape::from((n, c, h, w))))
-    }
+            }
+        });
+    Ok((T::into_storage(grad_in), Shape::from((n, c, h, w))))
 }
 
 /// 2-d convolution of `[N,Cin,H,W]` with `[Cout,Cin,kh,kw]`, no bias, no dilation, one
 /// group. Differentiable on every device.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if on_cpu_kernels(x) && weight.dtype() == x.dtype() {
         let conv = Conv { stride, padding };
         conv.geometry(x.dims(), weight.dims())?;
         x.contiguous()?.apply_op2(&weight.contiguous()?, conv)
@@ -287,7 +358,7 @@ impl Conv {
 
     /// `col[(ci*kh + ky)*kw + kx][oy*wo + ox] = image[ci][oy*s - pad + ky][ox*s - pad + kx]`
     /// (0 outside the image).
-    fn im2col(&self, g: &Geometry, image: &[f32], col: &mut [f32]) {
+    fn im2col<T: Float>(&self, g: &Geometry, image: &[T], col: &mut [T]) {
         let (s, pad) = (self.stride as isize, self.padding as isize);
         col.par_chunks_mut(g.p()).enumerate().for_each(|(row, out)| {
             let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
@@ -296,27 +367,27 @@ impl Conv {
                 let iy = oy as isize * s - pad + ky as isize;
                 let out_row = &mut out[oy * g.wo..(oy + 1) * g.wo];
                 if iy < 0 || iy >= g.h as isize {
-                    out_row.fill(0.0);
+                    out_row.fill(T::ZERO);
                     continue;
                 }
                 let in_row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                 for (ox, v) in out_row.iter_mut().enumerate() {
                     let ix = ox as isize * s - pad + kx as isize;
-                    *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { in_row[ix as usize] };
+                    *v = if ix < 0 || ix >= g.w as isize { T::ZERO } else { in_row[ix as usize] };
                 }
             }
         });
     }
 
     /// The adjoint of [`Conv::im2col`]: adds every column entry back to its pixel.
-    fn col2im(&self, g: &Geometry, col: &[f32], image: &mut [f32]) {
+    fn col2im<T: Float>(&self, g: &Geometry, col: &[T], image: &mut [T]) {
         let (s, pad) = (self.stride as isize, self.padding as isize);
         let rows_per_channel = g.kh * g.kw * g.p();
         image
             .par_chunks_mut(g.h * g.w)
             .zip(col.par_chunks(rows_per_channel))
             .for_each(|(plane, rows)| {
-                plane.fill(0.0);
+                plane.fill(T::ZERO);
                 for ky in 0..g.kh {
                     for kx in 0..g.kw {
                         let row = &rows[(ky * g.kw + kx) * g.p()..(ky * g.kw + kx + 1) * g.p()];
@@ -340,14 +411,14 @@ impl Conv {
 }
 
 /// A row-major matrix view: element (i, j) at `data[i * row_stride + j * col_stride]`.
-struct Mat<'a> {
-    data: &'a [f32],
+struct Mat<'a, T> {
+    data: &'a [T],
     row_stride: usize,
     col_stride: usize,
 }
 
-impl<'a> Mat<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
+impl<'a, T> Mat<'a, T> {
+    fn rows(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             row_stride: cols,
@@ -355,7 +426,7 @@ impl<'a> Mat<'a> {
         }
     }
     /// The transpose of a row-major `[rows, cols]` matrix stored in `data`.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
+    fn transposed(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             row_stride: 1,
@@ -365,11 +436,11 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst[m,n] = a[m,k] b[k,n]`, or `dst += a b` when `accumulate`; `dst` row-major.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) -> Result<()> {
-    let last = |rows: usize, cols: usize, mat: &Mat| (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride;
+fn matmul<T: Float>(m: usize, n: usize, k: usize, dst: &mut [T], accumulate: bool, a: Mat<T>, b: Mat<T>) -> Result<()> {
+    let last = |rows: usize, cols: usize, mat: &Mat<T>| (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride;
     if m == 0 || n == 0 || k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            dst.fill(T::ZERO);
         }
         return Ok(());
     }
@@ -392,8 +463,8 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Ma
             b.data.as_ptr(),
             b.col_stride as isize,
             b.row_stride as isize,
-            1.0,
-            1.0,
+            T::ONE,
+            T::ONE,
             false,
             false,
             false,
@@ -409,22 +480,7 @@ impl CustomOp2 for Conv {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(l1.dims(), l2.dims())?;
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let weight = contiguous_f32(s2, l2, "conv2d weight")?;
-        let (k, p) = (g.k(), g.p());
-        let mut out = vec![0f32; g.n * g.cout * p];
-        let mut col = vec![0f32; if self.is_pointwise(&g) { 0 } else { k * p }];
-        for (image, out) in x.chunks(g.cin * g.h * g.w).zip(out.chunks_mut(g.cout * p)) {
-            let col = if self.is_pointwise(&g) {
-                image
-            } else {
-                self.im2col(&g, image, &mut col);
-                &col
-            };
-            matmul(g.cout, p, k, out, false, Mat::rows(weight, k), Mat::rows(col, p))?;
-        }
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        by_dtype!(s1, conv_forward(self, s1, l1, s2, l2))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -455,26 +511,7 @@ impl CustomOp2 for ConvInputGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, cin) = (l1.dims()[0], l2.dims()[1]);
-        let g = self.conv.geometry(&[n, cin, self.h, self.w], l2.dims())?;
-        if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l1.dims())
-        }
-        let grad = contiguous_f32(s1, l1, "conv2d output gradient")?;
-        let weight = contiguous_f32(s2, l2, "conv2d weight")?;
-        let (k, p) = (g.k(), g.p());
-        let mut grad_x = vec![0f32; g.n * g.cin * g.h * g.w];
-        let pointwise = self.conv.is_pointwise(&g);
-        let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
-        for (grad_out, grad_image) in grad.chunks(g.cout * p).zip(grad_x.chunks_mut(g.cin * g.h * g.w)) {
-            // dcol[k,p] = W^T[k,cout] grad_out[cout,p]
-            let dst = if pointwise { &mut *grad_image } else { &mut col[..] };
-            matmul(k, p, g.cout, dst, false, Mat::transposed(weight, k), Mat::rows(grad_out, p))?;
-            if !pointwise {
-                self.conv.col2im(&g, &col, grad_image);
-            }
-        }
-        Ok((CpuStorage::F32(grad_x), Shape::from((g.n, g.cin, g.h, g.w))))
+        by_dtype!(s1, conv_input_grad(self, s1, l1, s2, l2))
     }
 }
 
@@ -491,29 +528,75 @@ impl CustomOp2 for ConvWeightGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (cin, cout) = (l1.dims()[1], l2.dims()[1]);
-        let g = self.conv.geometry(l1.dims(), &[cout, cin, self.kh, self.kw])?;
-        if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
-            candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l2.dims())
-        }
-        let x = contiguous_f32(s1, l1, "conv2d input")?;
-        let grad = contiguous_f32(s2, l2, "conv2d output gradient")?;
-        let (k, p) = (g.k(), g.p());
-        let mut grad_w = vec![0f32; g.cout * k];
-        let pointwise = self.conv.is_pointwise(&g);
-        let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
-        for (i, (image, grad_out)) in x.chunks(g.cin * g.h * g.w).zip(grad.chunks(g.cout * p)).enumerate() {
-            let col = if pointwise {
-                image
-            } else {
-                self.conv.im2col(&g, image, &mut col);
-                &col
-            };
-            // grad_w[cout,k] += grad_out[cout,p] col^T[p,k]
-            matmul(g.cout, k, p, &mut grad_w, i > 0, Mat::rows(grad_out, p), Mat::transposed(col, p))?;
-        }
-        Ok((CpuStorage::F32(grad_w), Shape::from((g.cout, g.cin, g.kh, g.kw))))
+        by_dtype!(s1, conv_weight_grad(self, s1, l1, s2, l2))
     }
+}
+
+fn conv_forward<T: Float>(conv: &Conv, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    let g = conv.geometry(l1.dims(), l2.dims())?;
+    let x = contiguous::<T>(s1, l1, "conv2d input")?;
+    let weight = contiguous::<T>(s2, l2, "conv2d weight")?;
+    let (k, p) = (g.k(), g.p());
+    let mut out = vec![T::ZERO; g.n * g.cout * p];
+    let mut col = vec![T::ZERO; if conv.is_pointwise(&g) { 0 } else { k * p }];
+    for (image, out) in x.chunks(g.cin * g.h * g.w).zip(out.chunks_mut(g.cout * p)) {
+        let col = if conv.is_pointwise(&g) {
+            image
+        } else {
+            conv.im2col(&g, image, &mut col);
+            &col
+        };
+        matmul(g.cout, p, k, out, false, Mat::rows(weight, k), Mat::rows(col, p))?;
+    }
+    Ok((T::into_storage(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+}
+
+fn conv_input_grad<T: Float>(op: &ConvInputGrad, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (n, cin) = (l1.dims()[0], l2.dims()[1]);
+    let g = op.conv.geometry(&[n, cin, op.h, op.w], l2.dims())?;
+    if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
+        candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l1.dims())
+    }
+    let grad = contiguous::<T>(s1, l1, "conv2d output gradient")?;
+    let weight = contiguous::<T>(s2, l2, "conv2d weight")?;
+    let (k, p) = (g.k(), g.p());
+    let mut grad_x = vec![T::ZERO; g.n * g.cin * g.h * g.w];
+    let pointwise = op.conv.is_pointwise(&g);
+    let mut col = vec![T::ZERO; if pointwise { 0 } else { k * p }];
+    for (grad_out, grad_image) in grad.chunks(g.cout * p).zip(grad_x.chunks_mut(g.cin * g.h * g.w)) {
+        // dcol[k,p] = W^T[k,cout] grad_out[cout,p]
+        let dst = if pointwise { &mut *grad_image } else { &mut col[..] };
+        matmul(k, p, g.cout, dst, false, Mat::transposed(weight, k), Mat::rows(grad_out, p))?;
+        if !pointwise {
+            op.conv.col2im(&g, &col, grad_image);
+        }
+    }
+    Ok((T::into_storage(grad_x), Shape::from((g.n, g.cin, g.h, g.w))))
+}
+
+fn conv_weight_grad<T: Float>(op: &ConvWeightGrad, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (cin, cout) = (l1.dims()[1], l2.dims()[1]);
+    let g = op.conv.geometry(l1.dims(), &[cout, cin, op.kh, op.kw])?;
+    if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
+        candle_core::bail!("conv2d backward: gradient {:?} does not fit {g:?}", l2.dims())
+    }
+    let x = contiguous::<T>(s1, l1, "conv2d input")?;
+    let grad = contiguous::<T>(s2, l2, "conv2d output gradient")?;
+    let (k, p) = (g.k(), g.p());
+    let mut grad_w = vec![T::ZERO; g.cout * k];
+    let pointwise = op.conv.is_pointwise(&g);
+    let mut col = vec![T::ZERO; if pointwise { 0 } else { k * p }];
+    for (i, (image, grad_out)) in x.chunks(g.cin * g.h * g.w).zip(grad.chunks(g.cout * p)).enumerate() {
+        let col = if pointwise {
+            image
+        } else {
+            op.conv.im2col(&g, image, &mut col);
+            &col
+        };
+        // grad_w[cout,k] += grad_out[cout,p] col^T[p,k]
+        matmul(g.cout, k, p, &mut grad_w, i > 0, Mat::rows(grad_out, p), Mat::transposed(col, p))?;
+    }
+    Ok((T::into_storage(grad_w), Shape::from((g.cout, g.cin, g.kh, g.kw))))
 }
 
 #[cfg(test)]
@@ -533,7 +616,9 @@ mod tests {
             pool.composed(x.as_tensor())?
         };
         // A weighted sum so that every output cell carries a different gradient.
-        let weights = Tensor::arange(0f32, y.elem_count() as f32, x.device())?.reshape(y.shape())?;
+        let weights = Tensor::arange(0f32, y.elem_count() as f32, x.device())?
+            .reshape(y.shape())?
+            .to_dtype(y.dtype())?;
         let grads = (&y * &weights)?.sum_all()?.backward()?;
         let grad = grads.get(x.as_tensor()).expect("x is in the graph").clone();
         Ok((y, grad))
@@ -543,13 +628,13 @@ mod tests {
     fn custom_op_and_composed_ops_agree_in_value_and_gradient() -> Result<()> {
         let device = Device::Cpu;
         // Odd and even sides, negative values (padding must never win).
-        for (h, w) in [(7, 8), (9, 9), (4, 5)] {
-            let x = Var::from_tensor(&(Tensor::randn(0f32, 1., (2, 3, h, w), &device)? - 2.0)?)?;
+        for ((h, w), dtype) in [((7, 8), DType::F32), ((9, 9), DType::F64), ((4, 5), DType::F32)] {
+            let x = Var::from_tensor(&(Tensor::randn(0f32, 1., (2, 3, h, w), &device)? - 2.0)?.to_dtype(dtype)?)?;
             let (y_custom, g_custom) = pooled_and_grad(&x, true)?;
             let (y_composed, g_composed) = pooled_and_grad(&x, false)?;
             assert_eq!(y_custom.dims(), [2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
-            let dy = (y_custom - y_composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            let dg = (g_custom - g_composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let max = |t: Tensor| -> Result<f64> { t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>() };
+            let (dy, dg) = (max((y_custom - y_composed)?)?, max((g_custom - g_composed)?)?);
             assert_eq!(dy, 0.0, "values differ for {h}x{w}");
             assert_eq!(dg, 0.0, "gradients differ for {h}x{w}");
         }
@@ -590,9 +675,12 @@ mod tests {
             ((2, 4, 7, 7), (6, 4, 1, 1), 2, 0),
             ((2, 4, 6, 6), (3, 4, 1, 1), 1, 0),
         ];
-        for (x_shape, w_shape, stride, padding) in cases {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &device)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1., w_shape, &device)?)?;
+        for ((x_shape, w_shape, stride, padding), (dtype, tol)) in cases
+            .into_iter()
+            .flat_map(|case| [(case, (DType::F32, 1e-5)), (case, (DType::F64, 1e-12))])
+        {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &device)?.to_dtype(dtype)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1., w_shape, &device)?.to_dtype(dtype)?)?;
             let run = |ours: bool| -> Result<Vec<Tensor>> {
                 let y = if ours {
                     conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?
@@ -601,7 +689,8 @@ mod tests {
                 };
                 let probe = Tensor::arange(0f32, y.elem_count() as f32, y.device())?
                     .reshape(y.shape())?
-                    .sin()?;
+                    .sin()?
+                    .to_dtype(dtype)?;
                 let grads = (&y * &probe)?.sum_all()?.backward()?;
                 Ok(vec![
                     y.clone(),
@@ -614,9 +703,9 @@ mod tests {
                 .zip(run(true)?.iter().zip(run(false)?.iter()))
             {
                 assert_eq!(ours.dims(), theirs.dims(), "{what} {x_shape:?} {w_shape:?}");
-                let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
-                let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff <= 1e-5 * scale, "{what} {x_shape:?} {w_shape:?}: {diff} vs scale {scale}");
+                let max = |t: &Tensor| -> Result<f64> { t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>() };
+                let (diff, scale) = (max(&(ours - theirs)?)?, max(theirs)?);
+                assert!(diff <= tol * scale, "{what} {x_shape:?} {w_shape:?} {dtype:?}: {diff} vs scale {scale}");
             }
         }
         Ok(())
