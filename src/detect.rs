@@ -4,7 +4,7 @@
 //! Detectors sit behind the small [`FaceDetector`] trait so a better one (BlazeFace,
 //! MTCNN) can be added without touching the prediction pipeline. The one built in is
 //! SeetaFace's frontal detector through the pure-Rust `rustface` crate; its model file
-//! (BSD-2-Clause, 1.2 MB) is committed under `third_party/rustface/` and compiled into
+//! (BSD-2-Clause, 1.2 MB) ships inside the rustface package, and build.rs compiles it into
 //! the binary, so detection needs no download and no path at run time.
 
 use crate::error::{Error, Result};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The SeetaFace frontal model exactly as `rustface` 0.1.7 ships it (see NOTICES.md).
 const SEETA_FRONTAL_MODEL: &[u8] =
-    include_bytes!("../third_party/rustface/seeta_fd_frontal_v1.0.bin");
+    include_bytes!(concat!(env!("OUT_DIR"), "/seeta_fd_frontal_v1.0.bin"));
 
 /// An axis-aligned box in pixel coordinates, always inside the image it refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

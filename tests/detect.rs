@@ -112,26 +112,3 @@ fn detection_can_run_from_many_threads_at_once() {
     });
     assert_eq!(counts, [5, 5, 5]);
 }
-
-/// The model compiled into gfer is the one `rustface` 0.1.7 ships, byte for byte (checked
-/// when the crate's source is in the local cargo registry, as after any build).
-#[test]
-fn embedded_model_is_rustfaces_own() {
-    let committed =
-        std::fs::read(common::root().join("third_party/rustface/seeta_fd_frontal_v1.0.bin"))
-            .unwrap();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
-    let pattern = cargo_home
-        .map(|home| home.join("registry/src/*/rustface-0.1.7/model/seeta_fd_frontal_v1.0.bin"))
-        .map(|p| p.display().to_string());
-    let shipped = pattern
-        .and_then(|p| glob::glob(&p).ok())
-        .and_then(|mut paths| paths.find_map(|p| p.ok()));
-    let Some(shipped) = shipped else {
-        eprintln!("SKIP: rustface-0.1.7 source not found in the cargo registry");
-        return;
-    };
-    assert_eq!(committed, std::fs::read(shipped).unwrap());
-}

@@ -58,7 +58,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!items.is_empty(), "no images found in {:?}", args.inputs);
     eprintln!(
-        "extracting {} images with {} (D={}, weights {}), preprocessing {:?}, batch {}",
+        "extracting {} images with {} (D={}, weights {}), preprocessing {}, batch {}",
         items.len(),
         encoder.id(),
         encoder.dim(),
@@ -99,7 +99,8 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
     if !summary.failures.is_empty() {
         eprintln!("images that could not be used:");
         for failure in &summary.failures {
-            eprintln!("  {}: {}", failure.path, failure.reason);
+            // The reason names the file.
+            eprintln!("  {}", failure.reason);
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | cafe (and its loss ablations) | mask logits | F * sigmoid(g) | separation, diverse |
 //! | cafe-no-sigmoid | mask | F * g | separation, diverse |
+//! | cafe-no-mask | none | F | separation, diverse |
 //! | linear-probe | none | F | none |
 //! | concat | pooled ResNet feature | [F, g] | none |
 //! | resnet | pooled ResNet feature | g (no frozen encoder) | none |
@@ -31,6 +32,8 @@ pub enum Method {
     CafeMaskOnly,
     /// CAFE with the mask used as it is, without the sigmoid.
     CafeNoSigmoid,
+    /// CAFE's head and losses on the frozen feature with no mask at all.
+    CafeNoMask,
     /// A linear classifier on the frozen feature.
     LinearProbe,
     /// A linear classifier on the frozen feature concatenated with the ResNet-18 feature.
@@ -47,6 +50,7 @@ impl Method {
             Method::CafeNoDiv => "cafe-no-div",
             Method::CafeMaskOnly => "cafe-mask-only",
             Method::CafeNoSigmoid => "cafe-no-sigmoid",
+            Method::CafeNoMask => "cafe-no-mask",
             Method::LinearProbe => "linear-probe",
             Method::Concat => "concat",
             Method::Resnet => "resnet",
@@ -62,6 +66,7 @@ impl Method {
                 | Method::CafeNoDiv
                 | Method::CafeMaskOnly
                 | Method::CafeNoSigmoid
+                | Method::CafeNoMask
         )
     }
 
@@ -70,7 +75,7 @@ impl Method {
     }
 
     pub fn uses_generator(self) -> bool {
-        self != Method::LinearProbe
+        !matches!(self, Method::LinearProbe | Method::CafeNoMask)
     }
 }
 
@@ -113,7 +118,8 @@ impl ModelSpec {
                 cafe.lambda = 0.0;
                 cafe.beta = 0.0
             }
-            Method::CafeNoSigmoid => cafe.sigmoid_mask = false,
+            // Without a generator the head multiplies by a mask of ones.
+            Method::CafeNoSigmoid | Method::CafeNoMask => cafe.sigmoid_mask = false,
             _ => {}
         }
         ModelSpec {
@@ -300,14 +306,15 @@ impl Classifier {
     }
 
     fn head_input(&self, batch: &Batch, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = match &self.generator {
-            Some(generator) => Some(generator.output(batch, train)?),
-            None => None,
-        };
         let f = if self.spec.method.uses_frozen_features() {
             Some(required(&batch.features, "frozen features")?.detach())
         } else {
             None
+        };
+        let g = match (&self.generator, &f) {
+            (Some(generator), _) => Some(generator.output(batch, train)?),
+            (None, Some(f)) if self.spec.method == Method::CafeNoMask => Some(f.ones_like()?),
+            (None, _) => None,
         };
         Ok((f, g))
     }
@@ -380,5 +387,57 @@ impl Trainable for Classifier {
 
     fn drop_per_group(&self) -> usize {
         self.spec.cafe.drop_per_group
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init_var_builder;
+    use candle_core::Device;
+    use clap::ValueEnum;
+
+    /// Every method builds, trains one step and classifies with a frozen feature of width 21.
+    #[test]
+    fn every_method_trains_and_classifies() -> Result<()> {
+        let device = Device::Cpu;
+        let cafe = CafeConfig {
+            trunk_widths: [2, 4, 4, 8],
+            ..CafeConfig::default()
+        }
+        .with_feature_dim(21);
+        let batch = Batch {
+            images: Some(Tensor::randn(0f32, 1., (2, 3, 32, 32), &device)?),
+            features: Some(Tensor::randn(0f32, 1., (2, 21), &device)?),
+            mask_input: None,
+            labels: Tensor::new(&[1u32, 4], &device)?,
+        };
+        let drop = Tensor::ones(21, DType::F32, &device)?;
+        for &method in Method::value_variants() {
+            let spec = ModelSpec::new(
+                method,
+                cafe.clone(),
+                GeneratorSpec::Resnet {
+                    widths: cafe.trunk_widths,
+                },
+            );
+            let model = Classifier::new(init_var_builder(HashMap::new(), 1, &device), &spec)?;
+            let losses = model.train_losses(&batch, &drop)?;
+            assert!(
+                losses.loss.to_scalar::<f32>()?.is_finite(),
+                "{}",
+                method.name()
+            );
+            assert_eq!(model.logits(&batch)?.dims(), [2, 7], "{}", method.name());
+            assert_eq!(
+                method.is_cafe(),
+                losses.loss_sep.to_scalar::<f32>()? != 0.0
+                    || method == Method::CafeNoSep
+                    || method == Method::CafeMaskOnly,
+                "{}",
+                method.name()
+            );
+        }
+        Ok(())
     }
 }

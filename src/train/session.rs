@@ -188,7 +188,7 @@ pub fn run(
     };
     skipped.extend(held_skipped);
     for (what, why) in &skipped {
-        tracing::warn!("skipping {what}: {why}");
+        tracing::warn!("skipping an image: {why} ({what})");
     }
 
     let encoder: Option<Box<dyn Encoder>> = if cfg.method.uses_frozen_features() {
