@@ -96,7 +96,7 @@ impl SeetaFaceDetector {
     }
 
     pub fn with_settings(settings: SeetaSettings) -> Result<Self> {
-        if !(settings.score_threshold > 0.0) {
+        if settings.score_threshold.is_nan() || settings.score_threshold <= 0.0 {
             return Err(Error::config(format!(
                 "face detector score threshold must be > 0, got {}",
                 settings.score_threshold

@@ -124,7 +124,7 @@ pub struct PredictionWriter<W: Write> {
 
 enum Sink<W: Write> {
     Jsonl(W),
-    Csv(csv::Writer<W>),
+    Csv(Box<csv::Writer<W>>),
     Table(W),
 }
 
@@ -132,7 +132,7 @@ impl<W: Write> PredictionWriter<W> {
     pub fn new(format: OutputFormat, class_names: &[String], out: W) -> Self {
         let sink = match format {
             OutputFormat::Jsonl => Sink::Jsonl(out),
-            OutputFormat::Csv => Sink::Csv(csv::Writer::from_writer(out)),
+            OutputFormat::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(out))),
             OutputFormat::Table => Sink::Table(out),
         };
         PredictionWriter {
