@@ -177,10 +177,24 @@ fn bench_encode_reports_its_settings_a_reference_check_and_a_measurement() {
         .arg(common::fixture("clip/tiny_openai.safetensors"))
         .arg("--reference")
         .arg(common::fixture("clip/tiny_io.safetensors"))
-        .args(["--batch", "2", "--threads", "1", "--seconds", "0", "--min-batches", "1", "--json"])
+        .args([
+            "--batch",
+            "2",
+            "--threads",
+            "1",
+            "--seconds",
+            "0",
+            "--min-batches",
+            "1",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -188,7 +202,10 @@ fn bench_encode_reports_its_settings_a_reference_check_and_a_measurement() {
         .collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["settings"]["batch"], serde_json::json!([2]));
-    assert!(lines[1]["max_relative_difference"].as_f64().is_some(), "{lines:?}");
+    assert!(
+        lines[1]["max_relative_difference"].as_f64().is_some(),
+        "{lines:?}"
+    );
     assert_eq!(lines[2]["encoder"], "clip-vit-custom");
     assert!(lines[2]["images_per_second"].as_f64().unwrap() > 0.0);
 }
@@ -211,7 +228,12 @@ fn full_size_vit_b32_matches_transformers() {
     for (encoder, path) in [(&inferred, &hf), (&named, &openai)] {
         assert_eq!(encoder.id(), "clip-vit-b32");
         assert_eq!(encoder.dim(), 512);
-        assert_matches(encoder.as_ref(), &pixels, &reference, &path.display().to_string());
+        assert_matches(
+            encoder.as_ref(),
+            &pixels,
+            &reference,
+            &path.display().to_string(),
+        );
     }
     assert_eq!(inferred.fingerprint(), named.fingerprint());
 }
