@@ -83,3 +83,28 @@ pub fn measure_encode(
         images_per_second: batch as f64 / median,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::{ClipConfig, ClipVisionEncoder};
+
+    #[test]
+    fn a_measurement_times_at_least_the_batches_asked_for() {
+        let config = ClipConfig {
+            image_size: 32,
+            patch_size: 16,
+            width: 64,
+            layers: 1,
+            heads: 1,
+            mlp_width: 64,
+            embed_dim: 8,
+        };
+        let encoder = ClipVisionEncoder::random(&config, 1, &Device::Cpu).unwrap();
+        let m = measure_encode(&encoder, 3, 1, 0, 4, Duration::ZERO, &Device::Cpu).unwrap();
+        assert_eq!(m.batches_timed, 4);
+        assert_eq!((m.setting.batch, m.setting.threads), (3, 1));
+        assert!(m.images_per_second > 0.0);
+        assert!((m.ms_per_image * m.images_per_second - 1000.0).abs() < 1e-6);
+    }
+}

@@ -171,6 +171,46 @@ fn a_file_that_is_not_a_clip_checkpoint_says_so() {
 }
 
 #[test]
+fn bench_encode_reports_its_settings_a_reference_check_and_a_measurement() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(["bench", "encode", "--weights"])
+        .arg(common::fixture("clip/tiny_openai.safetensors"))
+        .arg("--reference")
+        .arg(common::fixture("clip/tiny_io.safetensors"))
+        .args([
+            "--batch",
+            "2",
+            "--threads",
+            "1",
+            "--seconds",
+            "0",
+            "--min-batches",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["settings"]["batch"], serde_json::json!([2]));
+    assert!(
+        lines[1]["max_relative_difference"].as_f64().is_some(),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2]["encoder"], "clip-vit-custom");
+    assert!(lines[2]["images_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn full_size_vit_b32_matches_transformers() {
     let how = "run `python scripts/make_reference.py clip --testtime`";
     let (Some(hf), Some(openai), Some(io_path)) = (
@@ -181,20 +221,19 @@ fn full_size_vit_b32_matches_transformers() {
         return;
     };
     let (pixels, reference) = io(&io_path);
-    let mut fingerprints = Vec::new();
-    for path in [hf, openai] {
-        // Preset inferred from the shapes, then checked against ViT-B/32 by name.
-        let inferred = load_encoder(None, &path, &Device::Cpu).unwrap();
-        assert_eq!(inferred.id(), "clip-vit-b32");
-        assert_eq!(inferred.dim(), 512);
-        let named = load_encoder(Some(Backbone::ClipVitB32), &path, &Device::Cpu).unwrap();
+    // The HF file's preset is inferred from its shapes; the OpenAI one is checked against
+    // ViT-B/32 by name.
+    let inferred = load_encoder(None, &hf, &Device::Cpu).unwrap();
+    let named = load_encoder(Some(Backbone::ClipVitB32), &openai, &Device::Cpu).unwrap();
+    for (encoder, path) in [(&inferred, &hf), (&named, &openai)] {
+        assert_eq!(encoder.id(), "clip-vit-b32");
+        assert_eq!(encoder.dim(), 512);
         assert_matches(
-            named.as_ref(),
+            encoder.as_ref(),
             &pixels,
             &reference,
             &path.display().to_string(),
         );
-        fingerprints.push(named.fingerprint().to_string());
     }
-    assert_eq!(fingerprints[0], fingerprints[1]);
+    assert_eq!(inferred.fingerprint(), named.fingerprint());
 }

@@ -31,16 +31,16 @@ pub struct EncodeArgs {
     #[arg(long, conflicts_with = "backbone")]
     pub weights: Option<PathBuf>,
     /// Batch sizes to measure.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 16])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
     pub batch: Vec<usize>,
     /// Thread counts to measure (default: 1 and every core).
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Keep timing each setting for at least this many seconds.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
     /// ... and for at least this many batches.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub min_batches: usize,
     /// Untimed batches before timing each setting.
     #[arg(long, default_value_t = 1)]
