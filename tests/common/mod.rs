@@ -35,3 +35,73 @@ pub fn fixture(relative: &str) -> PathBuf {
     );
     path
 }
+
+/// The tiny random CLIP vision tower of the parity fixtures (32x32 input, D = 32): a real
+/// encoder small enough to train through in tests.
+pub fn tiny_clip() -> PathBuf {
+    fixture("clip/tiny_hf.safetensors")
+}
+
+/// A synthetic expression image: each class has its own colour and stripe position, with
+/// per-image noise, so that even a random encoder separates the classes.
+pub fn synthetic_face(class: usize, index: usize, size: u32) -> image::RgbImage {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((class * 1000 + index) as u64);
+    let hue = [
+        [220, 40, 40],
+        [40, 200, 40],
+        [40, 40, 220],
+        [220, 220, 40],
+        [200, 40, 200],
+        [40, 200, 200],
+        [140, 140, 140],
+    ][class % 7];
+    image::RgbImage::from_fn(size, size, |x, _| {
+        let stripe = (x * 7 / size) as usize == class;
+        let base: [u8; 3] = if stripe { [255, 255, 255] } else { hue };
+        image::Rgb(base.map(|v| (v as i32 + rng.gen_range(-30..=30)).clamp(0, 255) as u8))
+    })
+}
+
+/// Writes a `folder:` data set (`DIR/{train,test}/<class>/*.png`) of synthetic faces.
+pub fn write_folder_dataset(dir: &Path, train_per_class: usize, test_per_class: usize) {
+    for (split, n, offset) in [("train", train_per_class, 0), ("test", test_per_class, 500)] {
+        for class in gfer::Expression::ALL {
+            let folder = dir.join(split).join(class.name());
+            std::fs::create_dir_all(&folder).expect("create fixture folder");
+            for i in 0..n {
+                synthetic_face(class.index(), offset + i, 40)
+                    .save(folder.join(format!("{i}.png")))
+                    .expect("write fixture image");
+            }
+        }
+    }
+}
+
+/// Writes a `manifest:` data set (`DIR/faces.csv` with `path,label,split`) of synthetic
+/// faces, labels by canonical index.
+pub fn write_manifest_dataset(
+    dir: &Path,
+    train_per_class: usize,
+    test_per_class: usize,
+) -> PathBuf {
+    std::fs::create_dir_all(dir.join("img")).expect("create fixture folder");
+    let mut csv = String::from("path,label,split\n");
+    for (split, n, offset) in [
+        ("train", train_per_class, 700),
+        ("test", test_per_class, 900),
+    ] {
+        for class in gfer::Expression::ALL {
+            for i in 0..n {
+                let name = format!("img/{split}_{}_{i}.jpg", class.index());
+                synthetic_face(class.index(), offset + i, 36)
+                    .save(dir.join(&name))
+                    .expect("write fixture image");
+                csv.push_str(&format!("{name},{},{split}\n", class.index()));
+            }
+        }
+    }
+    let path = dir.join("faces.csv");
+    std::fs::write(&path, csv).expect("write manifest");
+    path
+}

@@ -1,0 +1,107 @@
+//! Pieces several subcommands share: device choice, input resolution, Ctrl-C, progress.
+
+use anyhow::Context;
+use gfer::data::ImageSource;
+use gfer::Expression;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The compute device: CUDA when built with `--features cuda` and a GPU is present.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    if candle_core::utils::cuda_is_available() {
+        return Ok(candle_core::Device::new_cuda(0)?);
+    }
+    Ok(candle_core::Device::Cpu)
+}
+
+/// One image named on the command line, with its label when it came from a data set.
+pub struct Input {
+    pub source: ImageSource,
+    pub label: Option<Expression>,
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif"];
+
+fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Expands files, folders (recursively, image extensions only, sorted), glob patterns
+/// and data-set specs (`kind:path[:opt=value]`) into a list of images.
+pub fn resolve_inputs(inputs: &[String]) -> anyhow::Result<Vec<Input>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if gfer::data::is_spec(input) {
+            let dataset = gfer::data::open(input, &Default::default())
+                .with_context(|| format!("opening data set {input}"))?;
+            out.extend(dataset.samples.into_iter().map(|s| Input {
+                source: s.source,
+                label: Some(s.label),
+            }));
+            continue;
+        }
+        let path = Path::new(input);
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut files: Vec<PathBuf> = walkdir::WalkDir::new(path)
+                .follow_links(true)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_file() && is_image_file(e.path()))
+                .map(|e| e.into_path())
+                .collect();
+            files.sort();
+            files
+        } else if path.exists() {
+            vec![path.to_path_buf()]
+        } else if input.contains(['*', '?', '[']) {
+            let mut files: Vec<PathBuf> = glob::glob(input)
+                .with_context(|| format!("bad glob pattern {input}"))?
+                .filter_map(|p| p.ok())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            anyhow::ensure!(!files.is_empty(), "the pattern {input} matches no file");
+            files
+        } else {
+            anyhow::bail!(
+                "{input}: no such file or folder (and not a data-set spec such as rafdb:/data/raf-basic)"
+            );
+        };
+        out.extend(files.into_iter().map(|path| Input {
+            source: ImageSource::File { path, crop: None },
+            label: None,
+        }));
+    }
+    Ok(out)
+}
+
+/// A flag raised by Ctrl-C (SIGINT/SIGTERM): long jobs finish their current step, save
+/// and exit. A second Ctrl-C exits at once.
+pub fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current step and saving (Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// A progress bar on stderr with rate and time left (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!(
+        "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left) {{msg}}"
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,141 @@
+//! `gfer predict`: expressions of the faces in photos, as JSON lines, CSV or a table.
+
+use anyhow::Context;
+use clap::Args;
+use gfer::image::DecodeLimits;
+use gfer::predict::inputs::{self, Shard};
+use gfer::predict::output::{OutputFormat, PredictionWriter};
+use gfer::predict::run::{predict_inputs, RunOptions};
+use gfer::predict::{PredictOptions, Predictor};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// The trained model: a bundle and the frozen encoder's weights it was trained on.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Model bundle written by `gfer train` (.safetensors).
+    #[arg(long, value_name = "BUNDLE")]
+    pub model: PathBuf,
+    /// The frozen encoder weights the model was trained on (not needed by models that
+    /// read no frozen feature).
+    #[arg(long, value_name = "ENCODER")]
+    pub weights: Option<PathBuf>,
+}
+
+/// How faces are found and batched.
+#[derive(Args, Debug)]
+pub struct FaceArgs {
+    /// Take each image as one face instead of detecting faces (for face crops).
+    #[arg(long)]
+    pub no_detect: bool,
+    /// Margin around a detected face on every side, as a fraction of its size, before the
+    /// square crop the model sees.
+    #[arg(long, default_value_t = PredictOptions::default().crop_margin, value_name = "FRACTION")]
+    pub margin: f32,
+    /// Skip (and count) detected faces smaller than this many pixels.
+    #[arg(long, default_value_t = PredictOptions::default().min_face_size, value_name = "PIXELS")]
+    pub min_face: u32,
+    /// Most faces per forward pass.
+    #[arg(long, default_value_t = PredictOptions::default().batch_size)]
+    pub batch_size: usize,
+}
+
+impl FaceArgs {
+    pub fn options(&self) -> PredictOptions {
+        PredictOptions {
+            detect: !self.no_detect,
+            crop_margin: self.margin,
+            min_face_size: self.min_face,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Output: one record per face (path, box, probability of each class, top label), one per \
+photo without a face (status no_face) and one per photo that could not be read (status \
+error, also reported on stderr). The exit status is 1 if any input failed.
+
+Examples:
+  gfer predict --model cafe.safetensors --weights clip.safetensors photos/ > faces.jsonl
+  cat photo.jpg | gfer predict --model cafe.safetensors --weights clip.safetensors -
+  gfer predict ... --shard $JOB_COMPLETION_INDEX/8 'photos/**/*.jpg' > part-$JOB_COMPLETION_INDEX.jsonl")]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub faces: FaceArgs,
+    /// Image files, folders (searched recursively), glob patterns, or `-` for image bytes
+    /// on stdin.
+    #[arg(required = true, value_name = "PATH")]
+    pub inputs: Vec<String>,
+    /// jsonl, csv or table [default: table on a terminal, jsonl otherwise].
+    #[arg(long, value_parser = parse_format)]
+    pub format: Option<OutputFormat>,
+    /// Also write a copy of every photo with its faces' boxes and labels under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub draw: Option<PathBuf>,
+    /// Process only the K-th (from 0) of N equal parts of the sorted inputs.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Refuse images with more pixels than this (protects memory).
+    #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS, value_name = "PIXELS")]
+    pub max_pixels: u64,
+}
+
+fn parse_format(text: &str) -> Result<OutputFormat, String> {
+    text.parse().map_err(|err: gfer::Error| err.to_string())
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    text.parse().map_err(|err: gfer::Error| err.to_string())
+}
+
+/// The model behind `--model` and `--weights` as a predictor: the one place `predict`
+/// and `serve` load it.
+pub fn load_predictor(model: &ModelArgs, options: PredictOptions) -> anyhow::Result<Predictor> {
+    let device = super::device()?;
+    Predictor::from_bundle(&model.model, model.weights.as_deref(), &device, options)
+        .with_context(|| format!("loading {}", model.model.display()))
+}
+
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let collected = inputs::collect(&args.inputs);
+    for (argument, reason) in &collected.missing {
+        eprintln!("{argument}: {reason}");
+    }
+    let selected = match args.shard {
+        Some(shard) => shard.select(&collected.inputs),
+        None => collected.inputs,
+    };
+    let predictor = load_predictor(&args.model, args.faces.options())?;
+
+    let stdout = std::io::stdout();
+    let format = args.format.unwrap_or(if stdout.is_terminal() {
+        OutputFormat::Table
+    } else {
+        OutputFormat::Jsonl
+    });
+    let mut writer = PredictionWriter::new(format, predictor.class_names(), stdout.lock());
+    let options = RunOptions {
+        limits: DecodeLimits {
+            max_pixels: args.max_pixels,
+        },
+        draw_dir: args.draw,
+        progress: std::io::stderr().is_terminal(),
+        images_per_step: args.faces.batch_size.clamp(1, 16),
+    };
+    let summary = predict_inputs(&predictor, &selected, &options, &mut writer)?;
+    drop(writer.finish()?);
+
+    let failed = summary.failed.len() + collected.missing.len();
+    eprintln!(
+        "{} images: {} faces, {} without a face, {} faces too small, {} failed",
+        summary.images, summary.faces, summary.images_without_face, summary.faces_too_small, failed
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} inputs failed (listed above)");
+    }
+    Ok(())
+}

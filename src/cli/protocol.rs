@@ -1,0 +1,64 @@
+//! `gfer protocol`: the cross-domain experiment of the paper in one command.
+
+use clap::Args;
+use gfer::eval::protocol::{self, name_specs, ProtocolConfig};
+use gfer::model::classifier::Method;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(
+    about = "Train on each source, test on every target: the paper's cross-domain table",
+    long_about = "For every source data set and every method: trains on the source's train \
+split (runs kept under OUT/runs/SOURCE/METHOD, so a rerun continues where it stopped), \
+evaluates on every target's test split (val when it has none), and writes OUT/table.md, \
+table.csv and table.json (sources x targets, mean over all targets and over the unseen ones), \
+OUT/per_class.md and, for every cell, OUT/cells/METHOD/SOURCE__TARGET.{json,png} (metrics and \
+a confusion-matrix image). Name data sets with NAME=SPEC (e.g. raf=rafdb:/data/raf-basic); \
+a target with the same name as the source counts as seen."
+)]
+pub struct ProtocolArgs {
+    /// Source data sets to train on (repeat the flag or separate with commas).
+    #[arg(long = "source", required = true, value_delimiter = ',')]
+    sources: Vec<String>,
+    /// Target data sets to test on.
+    #[arg(long = "target", required = true, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Methods to compare, side by side in one table.
+    #[arg(
+        long = "method",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cafe"
+    )]
+    methods: Vec<Method>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Put the published numbers (paper Table 1) beside ours, with the difference.
+    #[arg(long, value_parser = ["paper"])]
+    reference: Option<String>,
+    #[command(flatten)]
+    train: super::train::TrainingFlags,
+}
+
+pub fn run(args: ProtocolArgs) -> anyhow::Result<()> {
+    let device = super::device()?;
+    let stop = super::stop_on_ctrl_c()?;
+    let progress = super::progress_bar(0, "images");
+    let cfg = ProtocolConfig {
+        sources: name_specs(&args.sources),
+        targets: name_specs(&args.targets),
+        methods: args.methods,
+        base: args.train.config(String::new(), Method::Cafe),
+        out: args.out.clone(),
+        reference_paper: args.reference.is_some(),
+    };
+    let table = protocol::run(&cfg, &stop, &progress, &device)?;
+    progress.finish_and_clear();
+    println!("{}", table.markdown(cfg.reference_paper));
+    println!(
+        "written: {0}/table.md, table.csv, table.json, per_class.md, cells/ (confusion images), runs/",
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! `gfer train`: one CAFE (or baseline) training run into a run folder.
+
+use anyhow::Context;
+use clap::Args;
+use gfer::backbone::Backbone;
+use gfer::image::{DecodeLimits, Preset};
+use gfer::model::classifier::Method;
+use gfer::model::CafeConfig;
+use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
+use gfer::train::trainer::Recipe;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(
+    about = "Train CAFE (or a baseline) on one data set",
+    long_about = "Trains on the train split of --data and evaluates on its test split (val \
+when it has none) after every epoch. Writes a run folder: config.json, revision.txt, \
+data.json, log.jsonl (one line per epoch), checkpoints/last.safetensors (everything needed \
+to resume), best.safetensors and model.safetensors (model bundles for eval/predict/serve) \
+and report.md. Ctrl-C finishes the current step, saves and exits; --resume RUN continues \
+with results identical to an uninterrupted run. Defaults are the authors' recipe."
+)]
+pub struct TrainArgs {
+    /// Source data set, e.g. `rafdb:/data/raf-basic` or `folder:/data/faces`.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<String>,
+    /// Run folder to write.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (its config.json is used).
+    #[arg(long, conflicts_with_all = ["data", "out"])]
+    resume: Option<PathBuf>,
+    /// What to train: CAFE, its ablations, or a baseline.
+    #[arg(long, value_enum, default_value = "cafe")]
+    method: Method,
+    /// Stop after this many steps (saving, as on Ctrl-C), e.g. to fit a job's time limit;
+    /// continue later with --resume.
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
+    #[command(flatten)]
+    flags: TrainingFlags,
+}
+
+/// The settings of a training run shared by `gfer train` and `gfer protocol`.
+#[derive(Args)]
+pub struct TrainingFlags {
+    /// Frozen encoder architecture; inferred from the weights when omitted.
+    #[arg(long, value_enum)]
+    pub backbone: Option<Backbone>,
+    /// Frozen encoder weights (not needed by --method resnet).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cafe")]
+    pub preprocess: Preset,
+    /// ResNet-18 starting weights: MS-Celeb `resnet18_msceleb.pth` or a torchvision state dict.
+    #[arg(long)]
+    pub mask_init: Option<PathBuf>,
+    /// Accept a --mask-init checkpoint with missing, unexpected or mis-shaped tensors.
+    #[arg(long)]
+    pub allow_partial: bool,
+    #[arg(long, default_value_t = Recipe::default().epochs)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = Recipe::default().batch_size)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = Recipe::default().lr)]
+    pub lr: f64,
+    /// L2 weight decay added to the gradient (PyTorch Adam semantics, not AdamW).
+    #[arg(long, default_value_t = Recipe::default().weight_decay)]
+    pub weight_decay: f64,
+    /// ExponentialLR factor, applied once per epoch.
+    #[arg(long, default_value_t = Recipe::default().gamma)]
+    pub gamma: f64,
+    #[arg(long, default_value_t = Recipe::default().seed)]
+    pub seed: u64,
+    /// Weight of the separation loss.
+    #[arg(long, default_value_t = CafeConfig::default().lambda)]
+    pub lambda: f64,
+    /// Weight of the channel-diverse loss.
+    #[arg(long, default_value_t = CafeConfig::default().beta)]
+    pub beta: f64,
+    /// The paper's diverse-loss normalisation (Eq. 8: 1 - sum/(N c)) instead of the code's.
+    #[arg(long)]
+    pub paper_div: bool,
+    /// Classify by the group maxima instead of the FC.
+    #[arg(long)]
+    pub group_max_inference: bool,
+    /// No ReLU before the sigmoid: the mask spans (0,1) instead of [0.5,1).
+    #[arg(long)]
+    pub unrestricted_mask: bool,
+    /// Images with more pixels than this are skipped.
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Fast mode: train on cached frozen features (K augmented views per image) with an
+    /// MLP mask generator on the feature, instead of running the encoder and a ResNet-18
+    /// on every augmented image. Practical on a CPU.
+    #[arg(long)]
+    pub fast: bool,
+    /// Fast mode: augmented views cached per training image.
+    #[arg(long, default_value_t = FastConfig::default().views)]
+    pub views: usize,
+    /// Fast mode: hidden widths of the MLP mask generator (comma-separated; empty for one linear layer).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub mlp_hidden: Vec<usize>,
+    /// Fast mode: the feature cache folder.
+    #[arg(long, default_value = "runs/cache")]
+    pub cache: PathBuf,
+}
+
+impl TrainingFlags {
+    /// The run configuration for one data set and method.
+    pub fn config(&self, data: String, method: Method) -> TrainConfig {
+        TrainConfig {
+            data,
+            backbone: self.backbone,
+            weights: self.weights.clone(),
+            preprocess: self.preprocess,
+            method,
+            cafe: CafeConfig {
+                lambda: self.lambda,
+                beta: self.beta,
+                paper_div: self.paper_div,
+                group_max_inference: self.group_max_inference,
+                unrestricted_mask: self.unrestricted_mask,
+                ..CafeConfig::default()
+            },
+            mask_init: self.mask_init.clone(),
+            allow_partial: self.allow_partial,
+            recipe: Recipe {
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                gamma: self.gamma,
+                seed: self.seed,
+            },
+            max_pixels: self.max_pixels,
+            fast: self.fast.then(|| FastConfig {
+                views: self.views,
+                hidden: self.mlp_hidden.clone(),
+                cache_dir: self.cache.clone(),
+            }),
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let (cfg, out) = match &args.resume {
+        Some(run) => (session::load_config(run)?, run.clone()),
+        None => {
+            let out = args.out.clone().context("--out is required")?;
+            anyhow::ensure!(
+                !out.join(session::CONFIG).exists(),
+                "{} already holds a run; pass --resume {} to continue it, or choose another --out",
+                out.display(),
+                out.display()
+            );
+            let data = args.data.clone().context("--data is required")?;
+            let cfg = args.flags.config(data, args.method);
+            (cfg, out)
+        }
+    };
+    let device = super::device()?;
+    let stop = super::stop_on_ctrl_c()?;
+    let progress = super::progress_bar(0, "images");
+    let outcome = session::run(&cfg, &out, &stop, args.stop_after_steps, &progress, &device)?;
+    progress.finish_and_clear();
+    match outcome {
+        RunOutcome::Interrupted { run, epoch, step } => {
+            eprintln!(
+                "stopped in epoch {} after step {step}; saved. Continue with: gfer train --resume {}",
+                epoch + 1,
+                run.display()
+            );
+        }
+        RunOutcome::Finished(report) => {
+            if let Some(metrics) = &report.held_out {
+                let mut metrics = metrics.clone();
+                metrics.confusion.classes = gfer::Expression::names();
+                println!("{}", metrics.to_table());
+            }
+            println!(
+                "model bundle: {}\nrun folder: {} (report.md, log.jsonl)",
+                report.bundle.display(),
+                report.run.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Frozen-encoder features of a set of images, stored as one safetensors file: tensor
+//! `features` [N,D] f32, and in the metadata the image paths in row order, their content
+//! hashes, labels when known, the backbone, its weights fingerprint, the preprocessing
+//! and the gfer version. Extraction is batched, resumable (rows whose content hash is
+//! already in the file are not encoded again) and safe to interrupt.
+
+use crate::backbone::Encoder;
+use crate::data::{ImageSource, Sample};
+use crate::error::{Error, Result};
+use crate::image::{content_hash, DecodeLimits, Preprocess, RgbImage};
+use crate::tensorfile;
+use crate::Expression;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The identity of the features in a file: rows from another encoder, other weights or
+/// other preprocessing are never mixed in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureKey {
+    pub backbone: String,
+    pub fingerprint: String,
+    pub preprocess: Preprocess,
+}
+
+/// One image's row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub path: String,
+    pub hash: String,
+    pub label: Option<Expression>,
+}
+
+pub struct FeatureSet {
+    pub key: FeatureKey,
+    pub dim: usize,
+    pub rows: Vec<Row>,
+    /// Row-major [rows.len(), dim].
+    pub values: Vec<f32>,
+}
+
+impl FeatureSet {
+    pub fn empty(key: FeatureKey, dim: usize) -> Self {
+        FeatureSet {
+            key,
+            dim,
+            rows: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Index of the row with this content hash.
+    pub fn index_by_hash(&self) -> HashMap<&str, usize> {
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.hash.as_str(), i))
+            .collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let features = Tensor::from_slice(&self.values, (self.rows.len(), self.dim), &Device::Cpu)?;
+        let json = |v: serde_json::Value| v.to_string();
+        let metadata = BTreeMap::from([
+            ("format".to_string(), "gfer-features-1".to_string()),
+            (
+                "paths".to_string(),
+                json(self.rows.iter().map(|r| r.path.clone()).collect()),
+            ),
+            (
+                "hashes".to_string(),
+                json(self.rows.iter().map(|r| r.hash.clone()).collect()),
+            ),
+            (
+                "labels".to_string(),
+                json(
+                    self.rows
+                        .iter()
+                        .map(|r| r.label.map(|l| l.name().to_string()))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+            ),
+            ("backbone".to_string(), self.key.backbone.clone()),
+            (
+                "weights_fingerprint".to_string(),
+                self.key.fingerprint.clone(),
+            ),
+            (
+                "preprocess".to_string(),
+                serde_json::to_string(&self.key.preprocess)
+                    .map_err(|e| Error::config(e.to_string()))?,
+            ),
+            (
+                "gfer_version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+        ]);
+        tensorfile::save(
+            path,
+            &HashMap::from([("features".to_string(), features)]),
+            &metadata,
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<FeatureSet> {
+        let display = path.display().to_string();
+        let bad = |message: String| Error::weights(&display, message);
+        let file = tensorfile::load(path, &Device::Cpu)?;
+        let field = |name: &str| {
+            file.metadata
+                .get(name)
+                .ok_or_else(|| bad(format!("not a gfer features file: no '{name}' metadata")))
+        };
+        let strings = |name: &str| -> Result<Vec<String>> {
+            serde_json::from_str(field(name)?).map_err(|e| bad(format!("metadata {name}: {e}")))
+        };
+        let paths = strings("paths")?;
+        let hashes = strings("hashes")?;
+        let labels: Vec<Option<String>> = serde_json::from_str(field("labels")?)
+            .map_err(|e| bad(format!("metadata labels: {e}")))?;
+        let preprocess: Preprocess = serde_json::from_str(field("preprocess")?)
+            .map_err(|e| bad(format!("metadata preprocess: {e}")))?;
+        let features = file
+            .tensors
+            .get("features")
+            .ok_or_else(|| bad("no tensor named 'features'".to_string()))?;
+        let (n, dim) = features.dims2().map_err(|_| {
+            bad(format!(
+                "tensor 'features' has shape {:?}, expected [N,D]",
+                features.dims()
+            ))
+        })?;
+        if paths.len() != n || hashes.len() != n || labels.len() != n {
+            return Err(bad(format!(
+                "{n} feature rows but {} paths, {} hashes, {} labels",
+                paths.len(),
+                hashes.len(),
+                labels.len()
+            )));
+        }
+        let rows = paths
+            .into_iter()
+            .zip(hashes)
+            .zip(labels)
+            .map(|((path, hash), label)| Row {
+                path,
+                hash,
+                label: label.as_deref().and_then(Expression::from_name),
+            })
+            .collect();
+        Ok(FeatureSet {
+            key: FeatureKey {
+                backbone: field("backbone")?.clone(),
+                fingerprint: field("weights_fingerprint")?.clone(),
+                preprocess,
+            },
+            dim,
+            rows,
+            values: features
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
+        })
+    }
+}
+
+/// An image that could not be used, and why.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub path: String,
+    pub reason: String,
+}
+
+pub struct ExtractOptions {
+    pub batch_size: usize,
+    pub limits: DecodeLimits,
+    /// How often the output file is rewritten during a long run.
+    pub save_every: Duration,
+}
+
+#[derive(Default, Debug)]
+pub struct ExtractSummary {
+    pub encoded: usize,
+    pub reused: usize,
+    pub failures: Vec<Failure>,
+    pub interrupted: bool,
+}
+
+/// One image to encode: where it comes from, and its label when known.
+pub struct ExtractItem {
+    pub source: ImageSource,
+    pub label: Option<Expression>,
+}
+
+impl From<&Sample> for ExtractItem {
+    fn from(sample: &Sample) -> Self {
+        ExtractItem {
+            source: sample.source.clone(),
+            label: Some(sample.label),
+        }
+    }
+}
+
+/// Encodes every item into the features file at `out`. Rows already in the file (same
+/// content hash, same [`FeatureKey`]) are kept and not encoded again; new rows are
+/// appended. The file is rewritten atomically every `save_every` and at the end, also
+/// when `stop` is raised (Ctrl-C), after the current batch. Unreadable images are
+/// reported in the summary and skipped.
+pub fn extract(
+    encoder: &dyn Encoder,
+    preprocess: Preprocess,
+    items: &[ExtractItem],
+    out: &Path,
+    options: &ExtractOptions,
+    stop: &AtomicBool,
+    progress: &indicatif::ProgressBar,
+) -> Result<ExtractSummary> {
+    let key = FeatureKey {
+        backbone: encoder.id().to_string(),
+        fingerprint: encoder.fingerprint().to_string(),
+        preprocess,
+    };
+    let mut result = if out.exists() {
+        let set = FeatureSet::load(out)?;
+        if set.key != key {
+            return Err(Error::config(format!(
+                "{} holds features of {} (weights {}, {:?}); this run uses {} (weights {}, {:?}): \
+                 choose another --out or delete the file",
+                out.display(),
+                set.key.backbone,
+                set.key.fingerprint,
+                set.key.preprocess,
+                key.backbone,
+                key.fingerprint,
+                key.preprocess
+            )));
+        }
+        set
+    } else {
+        FeatureSet::empty(key, encoder.dim())
+    };
+    let mut known: HashSet<String> = result.rows.iter().map(|r| r.hash.clone()).collect();
+    let mut summary = ExtractSummary::default();
+    let mut last_save = Instant::now();
+    let device = Device::Cpu;
+
+    progress.set_length(items.len() as u64);
+    for chunk in items.chunks(options.batch_size.max(1)) {
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            break;
+        }
+        let decoded: Vec<Result<RgbImage>> = chunk
+            .par_iter()
+            .map(|item| item.source.load(&options.limits))
+            .collect();
+        let mut images = Vec::new();
+        let mut rows = Vec::new();
+        for (item, image) in chunk.iter().zip(decoded) {
+            match image {
+                Err(e) => summary.failures.push(Failure {
+                    path: item.source.describe(),
+                    reason: e.to_string(),
+                }),
+                Ok(image) => {
+                    let hash = content_hash(&image);
+                    if !known.insert(hash.clone()) {
+                        summary.reused += 1;
+                        continue;
+                    }
+                    rows.push(Row {
+                        path: item.source.describe(),
+                        hash,
+                        label: item.label,
+                    });
+                    images.push(image);
+                }
+            }
+        }
+        if !images.is_empty() {
+            let pixels = preprocess.batch(&images, &device)?;
+            let features = encoder.encode(&pixels)?;
+            result
+                .values
+                .extend(features.flatten_all()?.to_vec1::<f32>()?);
+            summary.encoded += rows.len();
+            result.rows.extend(rows);
+        }
+        progress.inc(chunk.len() as u64);
+        if last_save.elapsed() >= options.save_every {
+            result.save(out)?;
+            last_save = Instant::now();
+        }
+    }
+    result.save(out)?;
+    Ok(summary)
+}

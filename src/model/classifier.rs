@@ -1,0 +1,390 @@
+//! Every method gfer trains, as one model type: a mask generator (or none), a head, and a
+//! [`ModelSpec`] that the bundle records so `eval`, `predict` and `serve` rebuild exactly
+//! the trained model.
+//!
+//! | method | generator output g | classifier input | extra losses |
+//! |---|---|---|---|
+//! | cafe (and its loss ablations) | mask logits | F * sigmoid(g) | separation, diverse |
+//! | cafe-no-sigmoid | mask | F * g | separation, diverse |
+//! | cafe-no-mask | none | F | separation, diverse |
+//! | linear-probe | none | F | none |
+//! | concat | pooled ResNet feature | [F, g] | none |
+//! | resnet | pooled ResNet feature | g (no frozen encoder) | none |
+
+use crate::error::{Error, Result};
+use crate::model::{CafeConfig, CafeHead, CafeLosses, Linear, MaskNet, NamedVar};
+use crate::train::trainer::{Batch, Trainable};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// CAFE as the authors run it.
+    Cafe,
+    /// CAFE without the separation loss (lambda = 0).
+    CafeNoSep,
+    /// CAFE without the diverse loss (beta = 0).
+    CafeNoDiv,
+    /// CAFE without either extra loss: the sigmoid mask alone.
+    CafeMaskOnly,
+    /// CAFE with the mask used as it is, without the sigmoid.
+    CafeNoSigmoid,
+    /// CAFE's head and losses on the frozen feature with no mask at all.
+    CafeNoMask,
+    /// A linear classifier on the frozen feature.
+    LinearProbe,
+    /// A linear classifier on the frozen feature concatenated with the ResNet-18 feature.
+    Concat,
+    /// The plain ResNet-18 classifier, no frozen encoder.
+    Resnet,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Cafe => "cafe",
+            Method::CafeNoSep => "cafe-no-sep",
+            Method::CafeNoDiv => "cafe-no-div",
+            Method::CafeMaskOnly => "cafe-mask-only",
+            Method::CafeNoSigmoid => "cafe-no-sigmoid",
+            Method::CafeNoMask => "cafe-no-mask",
+            Method::LinearProbe => "linear-probe",
+            Method::Concat => "concat",
+            Method::Resnet => "resnet",
+        }
+    }
+
+    /// Whether the method trains with the separation branch.
+    pub fn is_cafe(self) -> bool {
+        matches!(
+            self,
+            Method::Cafe
+                | Method::CafeNoSep
+                | Method::CafeNoDiv
+                | Method::CafeMaskOnly
+                | Method::CafeNoSigmoid
+        )
+    }
+
+    pub fn uses_frozen_features(self) -> bool {
+        self != Method::Resnet
+    }
+
+    pub fn uses_generator(self) -> bool {
+        !matches!(self, Method::LinearProbe | Method::CafeNoMask)
+    }
+}
+
+/// The input name of an MLP generator that reads the frozen feature itself.
+pub const FROZEN_FEATURE: &str = "frozen-feature";
+
+/// What produces g.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum GeneratorSpec {
+    /// The authors' ResNet-18 on the image (the full recipe).
+    Resnet { widths: [usize; 4] },
+    /// Fast mode: an MLP on a cached input of width `input_dim` (the frozen feature, the
+    /// pooled feature of a frozen ResNet-18, or the mean patch token of an encoder layer);
+    /// `hidden` empty makes it one linear layer.
+    Mlp {
+        input: String,
+        input_dim: usize,
+        hidden: Vec<usize>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub method: Method,
+    /// Feature width, classes, loss weights and head options (the loss weights already
+    /// reflect the method's ablation).
+    pub cafe: CafeConfig,
+    pub generator: Option<GeneratorSpec>,
+}
+
+impl ModelSpec {
+    /// The spec of `method` on features of width `feature_dim` with `generator`; the
+    /// method's ablation overrides the loss weights of `cafe`.
+    pub fn new(method: Method, mut cafe: CafeConfig, generator: GeneratorSpec) -> Self {
+        match method {
+            Method::CafeNoSep => cafe.lambda = 0.0,
+            Method::CafeNoDiv => cafe.beta = 0.0,
+            Method::CafeMaskOnly => {
+                cafe.lambda = 0.0;
+                cafe.beta = 0.0
+            }
+            // Without a generator the head multiplies by a mask of ones.
+            Method::CafeNoSigmoid | Method::CafeNoMask => cafe.sigmoid_mask = false,
+            _ => {}
+        }
+        ModelSpec {
+            method,
+            cafe,
+            generator: method.uses_generator().then_some(generator),
+        }
+    }
+
+    /// Width of the generator's output g.
+    fn generator_out(&self) -> usize {
+        match (&self.generator, self.method) {
+            (Some(GeneratorSpec::Resnet { widths }), Method::Concat | Method::Resnet) => widths[3],
+            _ => self.cafe.feature_dim,
+        }
+    }
+}
+
+enum Generator {
+    Resnet(MaskNet),
+    Mlp {
+        layers: Vec<Linear>,
+        final_relu: bool,
+    },
+}
+
+impl Generator {
+    fn output(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        match self {
+            Generator::Resnet(net) => net.mask_logits(required(&batch.images, "images")?, train),
+            Generator::Mlp { layers, final_relu } => {
+                let mut x = required(&batch.mask_input, "mask generator input")?.clone();
+                for (i, layer) in layers.iter().enumerate() {
+                    x = layer.forward(&x)?;
+                    if i + 1 < layers.len() || *final_relu {
+                        x = x.relu()?;
+                    }
+                }
+                Ok(x)
+            }
+        }
+    }
+
+    fn vars(&self) -> Vec<NamedVar> {
+        match self {
+            Generator::Resnet(net) => net.trainable_vars(),
+            Generator::Mlp { layers, .. } => layers.iter().flat_map(|l| l.vars()).collect(),
+        }
+    }
+
+    fn buffers(&self) -> Vec<NamedVar> {
+        match self {
+            Generator::Resnet(net) => net.buffers(),
+            Generator::Mlp { .. } => Vec::new(),
+        }
+    }
+}
+
+enum Head {
+    Cafe(CafeHead),
+    Fc(Linear),
+}
+
+/// A trainable, saveable model of any [`Method`].
+pub struct Classifier {
+    pub spec: ModelSpec,
+    generator: Option<Generator>,
+    head: Head,
+}
+
+fn required<'a>(t: &'a Option<Tensor>, what: &str) -> Result<&'a Tensor> {
+    t.as_ref()
+        .ok_or_else(|| Error::config(format!("this model needs {what}, which the batch lacks")))
+}
+
+impl Classifier {
+    /// Builds the model; tensors present in `vb`'s source (a checkpoint, a bundle) are
+    /// used, the rest initialised.
+    pub fn new(vb: VarBuilder, spec: &ModelSpec) -> Result<Self> {
+        let generator = match &spec.generator {
+            None => None,
+            Some(GeneratorSpec::Resnet { widths }) => {
+                let mut cfg = spec.cafe.clone();
+                cfg.trunk_widths = *widths;
+                if !spec.method.is_cafe() {
+                    // Concat and the plain ResNet use the pooled trunk as it is.
+                    cfg.feature_dim = widths[3];
+                }
+                Some(Generator::Resnet(MaskNet::resnet(&vb, &cfg)?))
+            }
+            Some(GeneratorSpec::Mlp {
+                input_dim, hidden, ..
+            }) => {
+                let dims: Vec<usize> = std::iter::once(*input_dim)
+                    .chain(hidden.iter().copied())
+                    .chain(std::iter::once(spec.cafe.feature_dim))
+                    .collect();
+                let layers = dims
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, w)| Linear::new(&vb.pp(format!("mask_mlp.{i}")), w[0], w[1]))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Generator::Mlp {
+                    layers,
+                    final_relu: !spec.cafe.unrestricted_mask,
+                })
+            }
+        };
+        let head = if spec.method.is_cafe() {
+            Head::Cafe(CafeHead::new(&vb, &spec.cafe)?)
+        } else {
+            let in_dim = match spec.method {
+                Method::LinearProbe => spec.cafe.feature_dim,
+                Method::Concat => spec.cafe.feature_dim + spec.generator_out(),
+                _ => spec.generator_out(),
+            };
+            Head::Fc(Linear::new(&vb.pp("fc"), in_dim, spec.cafe.classes)?)
+        };
+        Ok(Classifier {
+            spec: spec.clone(),
+            generator,
+            head,
+        })
+    }
+
+    /// Rebuilds a model from saved tensors; every tensor must be there.
+    pub fn from_tensors(
+        spec: &ModelSpec,
+        tensors: HashMap<String, Tensor>,
+        origin: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        let expected = {
+            let probe = Classifier::new(
+                crate::model::init_var_builder(HashMap::new(), 0, device),
+                spec,
+            )?;
+            crate::train::trainer::model_tensors(&probe)?
+        };
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|(name, t)| {
+                tensors
+                    .get(*name)
+                    .map(|s| s.dims() != t.dims())
+                    .unwrap_or(true)
+            })
+            .map(|(name, t)| match tensors.get(name) {
+                Some(s) => format!("{name}: shape {:?}, expected {:?}", s.dims(), t.dims()),
+                None => format!("{name}: missing (expected {:?})", t.dims()),
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Bundle {
+                path: origin.to_string(),
+                message: format!(
+                    "tensors do not fit the recorded model: {}",
+                    missing.join("; ")
+                ),
+            });
+        }
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Classifier::new(crate::model::init_var_builder(tensors, 0, device), spec)
+    }
+
+    /// The batch for classifying preprocessed images whose frozen features are known:
+    /// the generator's input is filled in as the model expects it.
+    pub fn inference_batch(&self, images: Tensor, features: Option<Tensor>) -> Result<Batch> {
+        let mask_input = match &self.spec.generator {
+            Some(GeneratorSpec::Mlp { .. }) => features.clone(),
+            _ => None,
+        };
+        // Labels are unknown at inference; the logits never read them.
+        let labels = Tensor::zeros(images.dim(0)?, DType::U32, images.device())?;
+        Ok(Batch {
+            images: Some(images),
+            features,
+            mask_input,
+            labels,
+        })
+    }
+
+    fn head_input(&self, batch: &Batch, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let f = if self.spec.method.uses_frozen_features() {
+            Some(required(&batch.features, "frozen features")?.detach())
+        } else {
+            None
+        };
+        let g = match (&self.generator, &f) {
+            (Some(generator), _) => Some(generator.output(batch, train)?),
+            (None, Some(f)) if self.spec.method == Method::CafeNoMask => Some(f.ones_like()?),
+            (None, _) => None,
+        };
+        Ok((f, g))
+    }
+
+    fn fc_input(&self, f: Option<Tensor>, g: Option<Tensor>) -> Result<Tensor> {
+        match (f, g) {
+            (Some(f), Some(g)) => Ok(Tensor::cat(&[f, g], 1)?),
+            (Some(x), None) | (None, Some(x)) => Ok(x),
+            (None, None) => Err(Error::config(
+                "the model has neither a frozen feature nor a generator",
+            )),
+        }
+    }
+}
+
+impl Trainable for Classifier {
+    fn train_losses(&self, batch: &Batch, drop: &Tensor) -> Result<CafeLosses> {
+        let (f, g) = self.head_input(batch, true)?;
+        match &self.head {
+            Head::Cafe(head) => {
+                let (f, g) = (required(&f, "frozen features")?, required(&g, "mask")?);
+                head.train_losses(f, g, &batch.labels, drop)
+            }
+            Head::Fc(fc) => {
+                let logits = fc.forward(&self.fc_input(f, g)?)?;
+                let loss =
+                    candle_nn::loss::cross_entropy(&logits, &batch.labels.to_dtype(DType::U32)?)?;
+                let zero = loss.zeros_like()?;
+                Ok(CafeLosses {
+                    logits,
+                    loss_cls: loss.clone(),
+                    loss_sep: zero.clone(),
+                    loss_div: zero,
+                    loss,
+                })
+            }
+        }
+    }
+
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let (f, g) = self.head_input(batch, false)?;
+        match &self.head {
+            Head::Cafe(head) => {
+                head.logits(required(&f, "frozen features")?, required(&g, "mask")?)
+            }
+            Head::Fc(fc) => fc.forward(&self.fc_input(f, g)?),
+        }
+    }
+
+    fn trainable_vars(&self) -> Vec<NamedVar> {
+        let mut vars: Vec<NamedVar> = self.generator.iter().flat_map(|g| g.vars()).collect();
+        vars.extend(match &self.head {
+            Head::Cafe(head) => head.vars(),
+            Head::Fc(fc) => fc.vars(),
+        });
+        vars
+    }
+
+    fn buffers(&self) -> Vec<NamedVar> {
+        self.generator.iter().flat_map(|g| g.buffers()).collect()
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.spec.cafe.feature_dim
+    }
+
+    fn classes(&self) -> usize {
+        self.spec.cafe.classes
+    }
+
+    fn drop_per_group(&self) -> usize {
+        self.spec.cafe.drop_per_group
+    }
+}

@@ -1,0 +1,763 @@
+//! Layers candle 0.11 cannot train (well) as shipped.
+//!
+//! [`max_pool2d`]: candle's own max-pool has no backward pass when the kernel differs from
+//! the stride (ResNet's stem pools 3x3 with stride 2). On the CPU it is a custom op whose
+//! backward pass sends each output's gradient to the first arg-max of its window, as
+//! PyTorch does; on other devices it is built from differentiable tensor ops.
+//!
+//! [`conv2d`]: candle's CPU backward pass of a convolution runs a naive transposed
+//! convolution for the input gradient; on the CPU this one is a custom op whose forward
+//! and backward passes are im2col/col2im around GEMMs. Other devices use candle's.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Square max-pooling of `[N,C,H,W]` with `kernel`, `stride` and `padding` (padded cells
+/// never win), output side `(side + 2 padding - kernel) / stride + 1` as in PyTorch
+/// (`ceil_mode=False`). Differentiable on every device.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let pool = MaxPool {
+        kernel,
+        stride,
+        padding,
+    };
+    let (_, _, h, w) = x.dims4()?;
+    pool.output_side(h)?;
+    pool.output_side(w)?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(pool)
+    } else {
+        pool.composed(x)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MaxPool {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl MaxPool {
+    fn output_side(&self, side: usize) -> Result<usize> {
+        if self.kernel == 0 || self.stride == 0 || 2 * self.padding > self.kernel {
+            candle_core::bail!(
+                "max_pool2d: kernel {} stride {} padding {} is not a valid pooling",
+                self.kernel,
+                self.stride,
+                self.padding
+            )
+        }
+        let padded = side + 2 * self.padding;
+        if padded < self.kernel {
+            candle_core::bail!(
+                "max_pool2d: input side {side} is smaller than the kernel {}",
+                self.kernel
+            )
+        }
+        Ok((padded - self.kernel) / self.stride + 1)
+    }
+
+    /// The same pooling from differentiable ops (pad with -inf, pick each of the k*k
+    /// strided sub-grids, take the element-wise maximum), for devices without the custom op.
+    fn composed(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (ho, wo) = (self.output_side(h)?, self.output_side(w)?);
+        let p = self.padding;
+        let x = if p > 0 {
+            let rows =
+                Tensor::full(f32::NEG_INFINITY, (n, c, p, w), x.device())?.to_dtype(x.dtype())?;
+            let x = Tensor::cat(&[&rows, x, &rows], 2)?;
+            let cols = Tensor::full(f32::NEG_INFINITY, (n, c, h + 2 * p, p), x.device())?
+                .to_dtype(x.dtype())?;
+            Tensor::cat(&[&cols, &x, &cols], 3)?
+        } else {
+            x.clone()
+        };
+        let picks = |offset: usize, count: usize| -> Result<Tensor> {
+            let idx: Vec<u32> = (0..count)
+                .map(|i| (offset + i * self.stride) as u32)
+                .collect();
+            Tensor::new(idx, x.device())
+        };
+        let mut out: Option<Tensor> = None;
+        for dy in 0..self.kernel {
+            let rows = x.index_select(&picks(dy, ho)?, 2)?;
+            for dx in 0..self.kernel {
+                let cell = rows.index_select(&picks(dx, wo)?, 3)?;
+                out = Some(match out {
+                    None => cell,
+                    Some(best) => best.maximum(&cell)?,
+                });
+            }
+        }
+        match out {
+            Some(out) => Ok(out),
+            None => candle_core::bail!("max_pool2d: empty kernel"),
+        }
+    }
+
+    /// For every output cell, the flat index (within its `H*W` plane) of the first maximum
+    /// of its window, scanning rows then columns; `None` when the window is all padding.
+    fn arg_max(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> Option<usize> {
+        let y0 = (oy * self.stride) as isize - self.padding as isize;
+        let x0 = (ox * self.stride) as isize - self.padding as isize;
+        let mut best: Option<(usize, f32)> = None;
+        for ky in 0..self.kernel as isize {
+            let y = y0 + ky;
+            if y < 0 || y >= h as isize {
+                continue;
+            }
+            for kx in 0..self.kernel as isize {
+                let x = x0 + kx;
+                if x < 0 || x >= w as isize {
+                    continue;
+                }
+                let i = y as usize * w + x as usize;
+                let v = plane[i];
+                // PyTorch: a later value replaces the best only if strictly greater (or NaN).
+                match best {
+                    Some((_, b)) if !(v > b || v.is_nan()) => {}
+                    _ => best = Some((i, v)),
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data,
+        other => candle_core::bail!("{what}: expected f32, got {:?}", other.dtype()),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (ho, wo) = (self.output_side(h)?, self.output_side(w)?);
+        let input = contiguous_f32(storage, layout, "max-pool2d")?;
+        let mut out = vec![0f32; n * c * ho * wo];
+        out.par_chunks_mut(ho * wo)
+            .zip(input.par_chunks(h * w))
+            .for_each(|(out_plane, plane)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        out_plane[oy * wo + ox] = match self.arg_max(plane, h, w, oy, ox) {
+                            Some(i) => plane[i],
+                            None => f32::NEG_INFINITY,
+                        };
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackward(*self))?;
+        Ok(Some(grad))
+    }
+}
+
+/// Scatters the output gradient to the arg-max of each window (arguments: the pooled
+/// input and the gradient of the pooled output).
+struct MaxPoolBackward(MaxPool);
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let pool = self.0;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (ho, wo) = (pool.output_side(h)?, pool.output_side(w)?);
+        if l2.shape().dims() != [n, c, ho, wo] {
+            candle_core::bail!(
+                "max-pool2d backward: gradient shape {:?}, expected {:?}",
+                l2.shape(),
+                [n, c, ho, wo]
+            )
+        }
+        let input = contiguous_f32(s1, l1, "max-pool2d backward input")?;
+        let grad_out = contiguous_f32(s2, l2, "max-pool2d backward gradient")?;
+        let mut grad_in = vec![0f32; n * c * h * w];
+        grad_in
+            .par_chunks_mut(h * w)
+            .zip(input.par_chunks(h * w).zip(grad_out.par_chunks(ho * wo)))
+            .for_each(|(grad_plane, (plane, grad_out_plane))| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        if let Some(i) = pool.arg_max(plane, h, w, oy, ox) {
+                            grad_plane[i] += grad_out_plane[oy * wo + ox];
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(grad_in), Shape::from((n, c, h, w))))
+    }
+}
+
+/// 2-d convolution of `[N,Cin,H,W]` with `[Cout,Cin,kh,kw]`, no bias, no dilation, one
+/// group. Differentiable on every device.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        let conv = Conv { stride, padding };
+        conv.geometry(x.dims(), weight.dims())?;
+        x.contiguous()?.apply_op2(&weight.contiguous()?, conv)
+    } else {
+        Ok(x.conv2d(weight, padding, stride, 1, 1)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Conv {
+    stride: usize,
+    padding: usize,
+}
+
+/// Sizes of one convolution; `k = cin * kh * kw` rows of the im2col matrix, `p = ho * wo`
+/// columns.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+impl Conv {
+    fn geometry(&self, x: &[usize], weight: &[usize]) -> Result<Geometry> {
+        let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x, weight) else {
+            candle_core::bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-d")
+        };
+        if wcin != cin || self.stride == 0 || h + 2 * self.padding < kh || w + 2 * self.padding < kw
+        {
+            candle_core::bail!(
+                "conv2d: input {x:?} does not fit weight {weight:?} with stride {} padding {}",
+                self.stride,
+                self.padding
+            )
+        }
+        let ho = (h + 2 * self.padding - kh) / self.stride + 1;
+        let wo = (w + 2 * self.padding - kw) / self.stride + 1;
+        Ok(Geometry {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            ho,
+            wo,
+        })
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding reads the image as its own im2col.
+    fn is_pointwise(&self, g: &Geometry) -> bool {
+        g.kh == 1 && g.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// `col[(ci*kh + ky)*kw + kx][oy*wo + ox] = image[ci][oy*s - pad + ky][ox*s - pad + kx]`
+    /// (0 outside the image).
+    fn im2col(&self, g: &Geometry, image: &[f32], col: &mut [f32]) {
+        let (s, pad) = (self.stride as isize, self.padding as isize);
+        col.par_chunks_mut(g.p())
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+                let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+                for oy in 0..g.ho {
+                    let iy = oy as isize * s - pad + ky as isize;
+                    let out_row = &mut out[oy * g.wo..(oy + 1) * g.wo];
+                    if iy < 0 || iy >= g.h as isize {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let in_row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, v) in out_row.iter_mut().enumerate() {
+                        let ix = ox as isize * s - pad + kx as isize;
+                        *v = if ix < 0 || ix >= g.w as isize {
+                            0.0
+                        } else {
+                            in_row[ix as usize]
+                        };
+                    }
+                }
+            });
+    }
+
+    /// The adjoint of [`Conv::im2col`]: adds every column entry back to its pixel.
+    fn col2im(&self, g: &Geometry, col: &[f32], image: &mut [f32]) {
+        let (s, pad) = (self.stride as isize, self.padding as isize);
+        let rows_per_channel = g.kh * g.kw * g.p();
+        image
+            .par_chunks_mut(g.h * g.w)
+            .zip(col.par_chunks(rows_per_channel))
+            .for_each(|(plane, rows)| {
+                plane.fill(0.0);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = &rows[(ky * g.kw + kx) * g.p()..(ky * g.kw + kx + 1) * g.p()];
+                        for oy in 0..g.ho {
+                            let iy = oy as isize * s - pad + ky as isize;
+                            if iy < 0 || iy >= g.h as isize {
+                                continue;
+                            }
+                            let in_row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                            for ox in 0..g.wo {
+                                let ix = ox as isize * s - pad + kx as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    in_row[ix as usize] += row[oy * g.wo + ox];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// A row-major matrix view: element (i, j) at `data[i * row_stride + j * col_stride]`.
+struct Mat<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+    /// The transpose of a row-major `[rows, cols]` matrix stored in `data`.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+}
+
+/// `dst[m,n] = a[m,k] b[k,n]`, or `dst += a b` when `accumulate`; `dst` row-major.
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) -> Result<()> {
+    let last = |rows: usize, cols: usize, mat: &Mat| {
+        (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride
+    };
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    if dst.len() < m * n || a.data.len() <= last(m, k, &a) || b.data.len() <= last(k, n, &b) {
+        candle_core::bail!("matmul: operands smaller than {m}x{k} times {k}x{n}")
+    }
+    // SAFETY: the bounds of every operand were checked above; `dst` does not alias them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    Ok(())
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.dims(), l2.dims())?;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let weight = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (k, p) = (g.k(), g.p());
+        let mut out = vec![0f32; g.n * g.cout * p];
+        let mut col = vec![0f32; if self.is_pointwise(&g) { 0 } else { k * p }];
+        for (image, out) in x.chunks(g.cin * g.h * g.w).zip(out.chunks_mut(g.cout * p)) {
+            let col = if self.is_pointwise(&g) {
+                image
+            } else {
+                self.im2col(&g, image, &mut col);
+                &col
+            };
+            matmul(
+                g.cout,
+                p,
+                k,
+                out,
+                false,
+                Mat::rows(weight, k),
+                Mat::rows(col, p),
+            )?;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, h, w) = x.dims4()?;
+        // The images entering the stem need no gradient.
+        let grad_x = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(weight, &ConvInputGrad { conv: *self, h, w })?)
+        } else {
+            None
+        };
+        let (_, _, kh, kw) = weight.dims4()?;
+        let grad_weight = x.apply_op2_no_bwd(
+            &grad,
+            &ConvWeightGrad {
+                conv: *self,
+                kh,
+                kw,
+            },
+        )?;
+        Ok((grad_x, Some(grad_weight)))
+    }
+}
+
+/// The input gradient of [`Conv`]: arguments the output gradient and the weight.
+struct ConvInputGrad {
+    conv: Conv,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, cin) = (l1.dims()[0], l2.dims()[1]);
+        let g = self.conv.geometry(&[n, cin, self.h, self.w], l2.dims())?;
+        if l1.dims() != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!(
+                "conv2d backward: gradient {:?} does not fit {g:?}",
+                l1.dims()
+            )
+        }
+        let grad = contiguous_f32(s1, l1, "conv2d output gradient")?;
+        let weight = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (k, p) = (g.k(), g.p());
+        let mut grad_x = vec![0f32; g.n * g.cin * g.h * g.w];
+        let pointwise = self.conv.is_pointwise(&g);
+        let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
+        for (grad_out, grad_image) in grad
+            .chunks(g.cout * p)
+            .zip(grad_x.chunks_mut(g.cin * g.h * g.w))
+        {
+            // dcol[k,p] = W^T[k,cout] grad_out[cout,p]
+            let dst = if pointwise {
+                &mut *grad_image
+            } else {
+                &mut col[..]
+            };
+            matmul(
+                k,
+                p,
+                g.cout,
+                dst,
+                false,
+                Mat::transposed(weight, k),
+                Mat::rows(grad_out, p),
+            )?;
+            if !pointwise {
+                self.conv.col2im(&g, &col, grad_image);
+            }
+        }
+        Ok((CpuStorage::F32(grad_x), Shape::from((g.n, g.cin, g.h, g.w))))
+    }
+}
+
+/// The weight gradient of [`Conv`]: arguments the input and the output gradient.
+struct ConvWeightGrad {
+    conv: Conv,
+    kh: usize,
+    kw: usize,
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (cin, cout) = (l1.dims()[1], l2.dims()[1]);
+        let g = self
+            .conv
+            .geometry(l1.dims(), &[cout, cin, self.kh, self.kw])?;
+        if l2.dims() != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!(
+                "conv2d backward: gradient {:?} does not fit {g:?}",
+                l2.dims()
+            )
+        }
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let grad = contiguous_f32(s2, l2, "conv2d output gradient")?;
+        let (k, p) = (g.k(), g.p());
+        let mut grad_w = vec![0f32; g.cout * k];
+        let pointwise = self.conv.is_pointwise(&g);
+        let mut col = vec![0f32; if pointwise { 0 } else { k * p }];
+        for (i, (image, grad_out)) in x
+            .chunks(g.cin * g.h * g.w)
+            .zip(grad.chunks(g.cout * p))
+            .enumerate()
+        {
+            let col = if pointwise {
+                image
+            } else {
+                self.conv.im2col(&g, image, &mut col);
+                &col
+            };
+            // grad_w[cout,k] += grad_out[cout,p] col^T[p,k]
+            matmul(
+                g.cout,
+                k,
+                p,
+                &mut grad_w,
+                i > 0,
+                Mat::rows(grad_out, p),
+                Mat::transposed(col, p),
+            )?;
+        }
+        Ok((
+            CpuStorage::F32(grad_w),
+            Shape::from((g.cout, g.cin, g.kh, g.kw)),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn pooled_and_grad(x: &Var, use_custom: bool) -> Result<(Tensor, Tensor)> {
+        let pool = MaxPool {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        let y = if use_custom {
+            x.as_tensor().apply_op1(pool)?
+        } else {
+            pool.composed(x.as_tensor())?
+        };
+        // A weighted sum so that every output cell carries a different gradient.
+        let weights =
+            Tensor::arange(0f32, y.elem_count() as f32, x.device())?.reshape(y.shape())?;
+        let grads = (&y * &weights)?.sum_all()?.backward()?;
+        let grad = grads.get(x.as_tensor()).expect("x is in the graph").clone();
+        Ok((y, grad))
+    }
+
+    #[test]
+    fn custom_op_and_composed_ops_agree_in_value_and_gradient() -> Result<()> {
+        let device = Device::Cpu;
+        // Odd and even sides, negative values (padding must never win).
+        for (h, w) in [(7, 8), (9, 9), (4, 5)] {
+            let x = Var::from_tensor(&(Tensor::randn(0f32, 1., (2, 3, h, w), &device)? - 2.0)?)?;
+            let (y_custom, g_custom) = pooled_and_grad(&x, true)?;
+            let (y_composed, g_composed) = pooled_and_grad(&x, false)?;
+            assert_eq!(y_custom.dims(), [2, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+            let dy = (y_custom - y_composed)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            let dg = (g_custom - g_composed)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(dy, 0.0, "values differ for {h}x{w}");
+            assert_eq!(dg, 0.0, "gradients differ for {h}x{w}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_tie_sends_the_gradient_to_the_first_maximum_like_pytorch() -> Result<()> {
+        let device = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 3, 3), DType::F32, &device)?)?;
+        let y = max_pool2d(x.as_tensor(), 3, 2, 1)?;
+        assert_eq!(y.dims(), [1, 1, 2, 2]);
+        let grads = y.sum_all()?.backward()?;
+        let grad = grads.get(x.as_tensor()).expect("x is in the graph");
+        // Windows start at (-1,-1), (-1,1), (1,-1), (1,1): first in-image cells are
+        // (0,0), (0,1), (1,0), (1,1).
+        let expected = [1f32, 1., 0., 1., 1., 0., 0., 0., 0.];
+        assert_eq!(grad.flatten_all()?.to_vec1::<f32>()?, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_an_input_smaller_than_the_kernel() {
+        let x = Tensor::zeros((1, 1, 1, 1), DType::F32, &Device::Cpu).expect("zeros");
+        assert!(max_pool2d(&x, 5, 2, 1).is_err());
+    }
+
+    #[test]
+    fn gemm_convolution_matches_candle_in_value_and_both_gradients() -> Result<()> {
+        let device = Device::Cpu;
+        // (input, weight, stride, padding): the ResNet stem, 3x3 convolutions, the 1x1
+        // downsample, a pointwise one, odd and even sides (square: candle's own backward
+        // pass mis-sizes the input gradient of non-square inputs).
+        let cases = [
+            ((2, 3, 17, 17), (4, 3, 7, 7), 2, 3),
+            ((3, 4, 9, 9), (5, 4, 3, 3), 1, 1),
+            ((2, 4, 8, 8), (6, 4, 3, 3), 2, 1),
+            ((2, 4, 7, 7), (6, 4, 1, 1), 2, 0),
+            ((2, 4, 6, 6), (3, 4, 1, 1), 1, 0),
+        ];
+        for (x_shape, w_shape, stride, padding) in cases {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &device)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1., w_shape, &device)?)?;
+            let run = |ours: bool| -> Result<Vec<Tensor>> {
+                let y = if ours {
+                    conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?
+                } else {
+                    x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1)?
+                };
+                let probe = Tensor::arange(0f32, y.elem_count() as f32, y.device())?
+                    .reshape(y.shape())?
+                    .sin()?;
+                let grads = (&y * &probe)?.sum_all()?.backward()?;
+                Ok(vec![
+                    y.clone(),
+                    grads.get(x.as_tensor()).expect("x gradient").clone(),
+                    grads.get(w.as_tensor()).expect("w gradient").clone(),
+                ])
+            };
+            for (what, (ours, theirs)) in ["value", "input gradient", "weight gradient"]
+                .iter()
+                .zip(run(true)?.iter().zip(run(false)?.iter()))
+            {
+                assert_eq!(ours.dims(), theirs.dims(), "{what} {x_shape:?} {w_shape:?}");
+                let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
+                let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{what} {x_shape:?} {w_shape:?}: {diff} vs scale {scale}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A convolution is linear in its input and in its weight, so for y = conv(x, w) and
+    /// any probe g: sum(y g) = sum(x dL/dx) = sum(w dL/dw) with L = sum(y g). Checks
+    /// non-square and odd shapes that candle's own backward cannot do.
+    #[test]
+    fn gemm_convolution_gradients_are_the_adjoints_on_non_square_inputs() -> Result<()> {
+        let device = Device::Cpu;
+        for (x_shape, w_shape, stride, padding) in [
+            ((2, 3, 17, 12), (4, 3, 7, 7), 2, 3),
+            ((1, 2, 9, 6), (3, 2, 3, 3), 2, 1),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., x_shape, &device)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1., w_shape, &device)?)?;
+            let y = conv2d(x.as_tensor(), w.as_tensor(), stride, padding)?;
+            let reference = x.as_tensor().conv2d(w.as_tensor(), padding, stride, 1, 1)?;
+            let forward = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(forward < 1e-4, "forward {x_shape:?}: {forward}");
+            let probe = Tensor::randn(0f32, 1., y.shape(), &device)?;
+            let loss = (&y * &probe)?.sum_all()?;
+            let grads = loss.backward()?;
+            let total = loss.to_scalar::<f32>()?;
+            for var in [&x, &w] {
+                let grad = grads.get(var.as_tensor()).expect("gradient");
+                let adjoint = (var.as_tensor() * grad)?.sum_all()?.to_scalar::<f32>()?;
+                assert!(
+                    (adjoint - total).abs() < 1e-3 * total.abs().max(1.0),
+                    "{x_shape:?}: {adjoint} vs {total}"
+                );
+            }
+        }
+        Ok(())
+    }
+}

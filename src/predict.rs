@@ -1,0 +1,500 @@
+//! The inference pipeline that `gfer predict`, `gfer serve` and library users share:
+//! photo -> face boxes ([`crate::detect`]) -> square crops -> the model's own
+//! preprocessing -> class probabilities, with the faces of many photos batched into one
+//! forward pass.
+//!
+//! ```no_run
+//! # fn main() -> gfer::Result<()> {
+//! use gfer::predict::{PredictOptions, Predictor};
+//! use std::path::Path;
+//! let device = candle_core::Device::Cpu;
+//! let predictor = Predictor::from_bundle(
+//!     Path::new("runs/raf-cafe/model.safetensors"),
+//!     Some(Path::new("ViT-B-32.safetensors")),
+//!     &device,
+//!     PredictOptions::default(),
+//! )?;
+//! let photo = gfer::image::open(Path::new("group.jpg"), &Default::default())?;
+//! for face in predictor.predict(&photo)?.faces {
+//!     println!("{:?} {} {:.2}", face.bbox, face.label, face.confidence);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod draw;
+pub mod inputs;
+pub mod output;
+pub mod run;
+
+use crate::detect::{square_crop, FaceDetector, Rect, SeetaFaceDetector};
+use crate::error::{Error, Result};
+use crate::inference::{argmax, ExpressionModel};
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What the predictor needs from a trained model: its preprocessing and class names, and
+/// class probabilities for a batch of preprocessed face crops.
+pub trait FaceClassifier: Send + Sync {
+    /// The preprocessing the model was trained with (applied to every face crop).
+    fn preprocess(&self) -> crate::image::Preprocess;
+    /// Names of the classes, in the order of the probability columns.
+    fn class_names(&self) -> Vec<String>;
+    /// Where the model's weights live; preprocessed pixels are put there.
+    fn device(&self) -> Device;
+    /// `[B,3,S,S]` preprocessed pixels -> `[B,C]` probabilities (rows sum to 1).
+    fn probabilities(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+/// How photos become faces and faces become forward passes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictOptions {
+    /// Find faces with the detector; when false every image is taken as one face (for
+    /// photos that are already face crops).
+    pub detect: bool,
+    /// Margin added around a detected face on every side, as a fraction of its longer
+    /// side, before the square crop (see [`square_crop`]).
+    pub crop_margin: f32,
+    /// Detected faces whose longer side is below this many pixels are skipped (and
+    /// counted in [`ImagePrediction::too_small`]): upscaled to the model's input they
+    /// carry too little detail to read an expression from.
+    pub min_face_size: u32,
+    /// Most face crops in one forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions {
+            detect: true,
+            crop_margin: 0.2,
+            min_face_size: 48,
+            batch_size: 32,
+        }
+    }
+}
+
+impl PredictOptions {
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::config("batch size must be at least 1"));
+        }
+        if !(0.0..=2.0).contains(&self.crop_margin) {
+            return Err(Error::config(format!(
+                "crop margin must be between 0 and 2 (a fraction of the face size), got {}",
+                self.crop_margin
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One face found in a photo and what the model makes of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Face {
+    /// The face as the detector boxed it (the whole image with detection off).
+    pub bbox: Rect,
+    /// The square region the model saw (the whole image with detection off).
+    pub crop: Rect,
+    /// The detector's confidence; absent with detection off.
+    pub detection_score: Option<f32>,
+    /// Probability of each class, in the order of [`Predictor::class_names`].
+    pub probabilities: Vec<f32>,
+    /// The most probable class.
+    pub label: String,
+    /// Its probability.
+    pub confidence: f32,
+}
+
+/// Everything predicted for one photo.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ImagePrediction {
+    pub width: u32,
+    pub height: u32,
+    /// The faces, left to right. Empty when the photo shows no (large enough) face.
+    pub faces: Vec<Face>,
+    /// Faces the detector found but that were smaller than the minimum face size.
+    pub too_small: usize,
+}
+
+/// Detector + classifier + options: the one inference pipeline.
+pub struct Predictor {
+    classifier: Arc<dyn FaceClassifier>,
+    detector: Option<Box<dyn FaceDetector>>,
+    class_names: Vec<String>,
+    options: PredictOptions,
+}
+
+/// A trained model bundle with its frozen encoder is the classifier of `gfer predict` and
+/// `gfer serve`.
+impl FaceClassifier for ExpressionModel {
+    fn preprocess(&self) -> crate::image::Preprocess {
+        ExpressionModel::preprocess(self)
+    }
+    fn class_names(&self) -> Vec<String> {
+        ExpressionModel::class_names(self)
+    }
+    fn device(&self) -> Device {
+        ExpressionModel::device(self).clone()
+    }
+    fn probabilities(&self, pixels: &Tensor) -> Result<Tensor> {
+        ExpressionModel::probabilities(self, pixels)
+    }
+}
+
+impl Predictor {
+    /// A predictor for a model bundle and the frozen encoder weights it was trained on
+    /// (`None` only for a model that reads no frozen feature), on `device`.
+    pub fn from_bundle(
+        bundle: &Path,
+        encoder_weights: Option<&Path>,
+        device: &Device,
+        options: PredictOptions,
+    ) -> Result<Self> {
+        let model = ExpressionModel::load(bundle, encoder_weights, device)?;
+        Self::new(Arc::new(model), options)
+    }
+
+    /// A predictor around `classifier`, finding faces with the built-in SeetaFace
+    /// detector when `options.detect` is set.
+    pub fn new(classifier: Arc<dyn FaceClassifier>, options: PredictOptions) -> Result<Self> {
+        let detector: Option<Box<dyn FaceDetector>> = if options.detect {
+            Some(Box::new(SeetaFaceDetector::new()?))
+        } else {
+            None
+        };
+        Self::build(classifier, detector, options)
+    }
+
+    /// A predictor with another face detector (used when `options.detect` is set).
+    pub fn with_detector(
+        classifier: Arc<dyn FaceClassifier>,
+        detector: Box<dyn FaceDetector>,
+        options: PredictOptions,
+    ) -> Result<Self> {
+        let detector = options.detect.then_some(detector);
+        Self::build(classifier, detector, options)
+    }
+
+    fn build(
+        classifier: Arc<dyn FaceClassifier>,
+        detector: Option<Box<dyn FaceDetector>>,
+        options: PredictOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let class_names = classifier.class_names();
+        if class_names.is_empty() {
+            return Err(Error::Inference("the classifier has no classes".into()));
+        }
+        Ok(Predictor {
+            classifier,
+            detector,
+            class_names,
+            options,
+        })
+    }
+
+    /// Names of the classes, in the order of every [`Face::probabilities`].
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    pub fn options(&self) -> &PredictOptions {
+        &self.options
+    }
+
+    /// The faces in one photo and their expressions.
+    pub fn predict(&self, image: &RgbImage) -> Result<ImagePrediction> {
+        let mut predictions = self.predict_batch(std::slice::from_ref(image))?;
+        Ok(predictions.remove(0))
+    }
+
+    /// The faces in several photos; the faces of all of them go through the model
+    /// together, `batch_size` crops per forward pass. Detection runs on the photos in
+    /// parallel.
+    pub fn predict_batch(&self, images: &[RgbImage]) -> Result<Vec<ImagePrediction>> {
+        let located: Vec<LocatedFaces> = images
+            .par_iter()
+            .map(|image| self.locate_faces(image))
+            .collect::<Result<_>>()?;
+
+        let crops: Vec<RgbImage> = located
+            .iter()
+            .zip(images)
+            .flat_map(|(faces, image)| {
+                faces.boxes.iter().map(move |face| {
+                    let c = face.crop;
+                    image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()
+                })
+            })
+            .collect();
+        let probabilities = self.classify(&crops)?;
+
+        let mut probabilities = probabilities.into_iter();
+        let predictions = located
+            .into_iter()
+            .zip(images)
+            .map(|(located, image)| ImagePrediction {
+                width: image.width(),
+                height: image.height(),
+                too_small: located.too_small,
+                faces: located
+                    .boxes
+                    .into_iter()
+                    .zip(probabilities.by_ref())
+                    .map(|(face, probabilities)| self.face(face, probabilities))
+                    .collect(),
+            })
+            .collect();
+        Ok(predictions)
+    }
+
+    /// Where the faces of one photo are and the crop of each.
+    fn locate_faces(&self, image: &RgbImage) -> Result<LocatedFaces> {
+        let (width, height) = image.dimensions();
+        let Some(detector) = &self.detector else {
+            let whole = Rect::whole(width, height);
+            let boxes = if width > 0 && height > 0 {
+                vec![LocatedFace {
+                    bbox: whole,
+                    crop: whole,
+                    score: None,
+                }]
+            } else {
+                Vec::new()
+            };
+            return Ok(LocatedFaces {
+                boxes,
+                too_small: 0,
+            });
+        };
+        let detected = detector.detect(image)?;
+        let (large, small): (Vec<_>, Vec<_>) = detected
+            .into_iter()
+            .partition(|face| face.rect.side() >= self.options.min_face_size);
+        let boxes = large
+            .into_iter()
+            .map(|face| LocatedFace {
+                bbox: face.rect,
+                crop: square_crop(face.rect, self.options.crop_margin, width, height),
+                score: Some(face.score),
+            })
+            .collect();
+        Ok(LocatedFaces {
+            boxes,
+            too_small: small.len(),
+        })
+    }
+
+    /// Class probabilities of each crop, `batch_size` crops per forward pass.
+    fn classify(&self, crops: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let preprocess = self.classifier.preprocess();
+        let device = self.classifier.device();
+        let classes = self.class_names.len();
+        let mut rows = Vec::with_capacity(crops.len());
+        for chunk in crops.chunks(self.options.batch_size) {
+            let pixels = preprocess.batch(chunk, &device)?;
+            let probabilities = self.classifier.probabilities(&pixels)?;
+            if probabilities.dims() != [chunk.len(), classes] {
+                return Err(Error::Inference(format!(
+                    "the classifier returned probabilities of shape {:?} for {} faces and {} classes",
+                    probabilities.dims(),
+                    chunk.len(),
+                    classes
+                )));
+            }
+            rows.extend(
+                probabilities
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec2::<f32>()?,
+            );
+        }
+        Ok(rows)
+    }
+
+    fn face(&self, located: LocatedFace, probabilities: Vec<f32>) -> Face {
+        let top = argmax(&probabilities);
+        Face {
+            bbox: located.bbox,
+            crop: located.crop,
+            detection_score: located.score,
+            label: self.class_names[top].clone(),
+            confidence: probabilities[top],
+            probabilities,
+        }
+    }
+}
+
+struct LocatedFace {
+    bbox: Rect,
+    crop: Rect,
+    score: Option<f32>,
+}
+
+struct LocatedFaces {
+    boxes: Vec<LocatedFace>,
+    too_small: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::FaceBox;
+
+    /// Probabilities from the mean red and green of each crop: class 0 wins on red
+    /// crops, class 1 on green ones.
+    struct RedOrGreen;
+
+    impl FaceClassifier for RedOrGreen {
+        fn preprocess(&self) -> crate::image::Preprocess {
+            crate::image::Preprocess::new(crate::image::Preset::Cafe, 8)
+        }
+        fn class_names(&self) -> Vec<String> {
+            vec!["red".into(), "green".into()]
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+        fn probabilities(&self, pixels: &Tensor) -> Result<Tensor> {
+            let means = pixels
+                .mean_keepdim(3)?
+                .mean_keepdim(2)?
+                .squeeze(3)?
+                .squeeze(2)?;
+            let red_green = means.narrow(1, 0, 2)?;
+            Ok(candle_nn::ops::softmax(&(red_green * 10.0)?, 1)?)
+        }
+    }
+
+    /// Reports fixed boxes, whatever the image.
+    struct FixedBoxes(Vec<Rect>);
+
+    impl FaceDetector for FixedBoxes {
+        fn detect(&self, _image: &RgbImage) -> Result<Vec<FaceBox>> {
+            Ok(self
+                .0
+                .iter()
+                .map(|&rect| FaceBox { rect, score: 5.0 })
+                .collect())
+        }
+    }
+
+    fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+        Rect {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    /// 200x100: left half red, right half green.
+    fn red_and_green() -> RgbImage {
+        RgbImage::from_fn(200, 100, |x, _| {
+            if x < 100 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 255, 0])
+            }
+        })
+    }
+
+    #[test]
+    fn each_face_is_classified_from_its_own_crop() {
+        let detector = FixedBoxes(vec![rect(30, 30, 40, 40), rect(130, 30, 40, 40)]);
+        let options = PredictOptions {
+            crop_margin: 0.1,
+            min_face_size: 10,
+            ..Default::default()
+        };
+        let predictor =
+            Predictor::with_detector(Arc::new(RedOrGreen), Box::new(detector), options).unwrap();
+        let prediction = predictor.predict(&red_and_green()).unwrap();
+        let labels: Vec<&str> = prediction.faces.iter().map(|f| f.label.as_str()).collect();
+        assert_eq!(labels, ["red", "green"]);
+        assert_eq!(prediction.faces[0].crop, rect(26, 26, 48, 48));
+        assert_eq!(prediction.faces[0].detection_score, Some(5.0));
+        for face in &prediction.faces {
+            let sum: f32 = face.probabilities.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5);
+            assert!(face.confidence > 0.99);
+        }
+    }
+
+    #[test]
+    fn small_faces_are_skipped_and_counted() {
+        let detector = FixedBoxes(vec![rect(10, 10, 20, 20), rect(130, 30, 60, 50)]);
+        let options = PredictOptions {
+            min_face_size: 48,
+            ..Default::default()
+        };
+        let predictor =
+            Predictor::with_detector(Arc::new(RedOrGreen), Box::new(detector), options).unwrap();
+        let prediction = predictor.predict(&red_and_green()).unwrap();
+        assert_eq!(prediction.faces.len(), 1);
+        assert_eq!(prediction.faces[0].bbox, rect(130, 30, 60, 50));
+        assert_eq!(prediction.too_small, 1);
+    }
+
+    #[test]
+    fn without_detection_the_whole_image_is_one_face() {
+        let options = PredictOptions {
+            detect: false,
+            ..Default::default()
+        };
+        let predictor = Predictor::new(Arc::new(RedOrGreen), options).unwrap();
+        let red = RgbImage::from_pixel(30, 20, image::Rgb([200, 10, 10]));
+        let prediction = predictor.predict(&red).unwrap();
+        assert_eq!(prediction.faces.len(), 1);
+        assert_eq!(prediction.faces[0].bbox, rect(0, 0, 30, 20));
+        assert_eq!(prediction.faces[0].crop, rect(0, 0, 30, 20));
+        assert_eq!(prediction.faces[0].detection_score, None);
+        assert_eq!(prediction.faces[0].label, "red");
+    }
+
+    #[test]
+    fn batches_split_faces_across_forward_passes_in_order() {
+        let options = PredictOptions {
+            detect: false,
+            batch_size: 2,
+            ..Default::default()
+        };
+        let predictor = Predictor::new(Arc::new(RedOrGreen), options).unwrap();
+        let colours = [
+            [250, 0, 0],
+            [0, 250, 0],
+            [0, 250, 0],
+            [250, 0, 0],
+            [0, 250, 0],
+        ];
+        let images: Vec<RgbImage> = colours
+            .iter()
+            .map(|&c| RgbImage::from_pixel(16, 16, image::Rgb(c)))
+            .collect();
+        let predictions = predictor.predict_batch(&images).unwrap();
+        let labels: Vec<&str> = predictions
+            .iter()
+            .map(|p| p.faces[0].label.as_str())
+            .collect();
+        assert_eq!(labels, ["red", "green", "green", "red", "green"]);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for options in [
+            PredictOptions {
+                batch_size: 0,
+                ..Default::default()
+            },
+            PredictOptions {
+                crop_margin: -0.5,
+                ..Default::default()
+            },
+        ] {
+            assert!(Predictor::new(Arc::new(RedOrGreen), options).is_err());
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! How predictions are written: JSON lines, CSV or an aligned table, one record per face
+//! (and one per photo without a face or that could not be read), so the outputs of many
+//! shards simply concatenate. The face's JSON shape ([`FaceJson`]) is shared with the
+//! HTTP server.
+
+use super::{Face, ImagePrediction};
+use crate::detect::Rect;
+use crate::error::{Error, Result};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::io::Write;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One JSON object per line (the default when the output is not a terminal).
+    Jsonl,
+    Csv,
+    /// Aligned columns for people (the default on a terminal).
+    Table,
+}
+
+impl OutputFormat {
+    pub const NAMES: [&'static str; 3] = ["jsonl", "csv", "table"];
+}
+
+impl FromStr for OutputFormat {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "jsonl" | "json" => Ok(OutputFormat::Jsonl),
+            "csv" => Ok(OutputFormat::Csv),
+            "table" => Ok(OutputFormat::Table),
+            _ => Err(Error::config(format!(
+                "unknown output format {text:?}; choose one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+}
+
+/// The prediction for one input, or why there is none.
+#[derive(Clone, Debug)]
+pub struct ImageResult {
+    /// The path as given (or `-` for stdin).
+    pub source: String,
+    pub outcome: std::result::Result<ImagePrediction, String>,
+}
+
+/// Class probabilities as a JSON object in class order: `{"surprise": 0.01, ...}`.
+pub struct ClassProbabilities<'a> {
+    pub class_names: &'a [String],
+    pub probabilities: &'a [f32],
+}
+
+impl Serialize for ClassProbabilities<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.class_names.len()))?;
+        for (name, p) in self.class_names.iter().zip(self.probabilities) {
+            map.serialize_entry(name, p)?;
+        }
+        map.end()
+    }
+}
+
+/// One face as JSON, for `gfer predict` and for the server's responses.
+#[derive(Serialize)]
+pub struct FaceJson<'a> {
+    #[serde(rename = "box")]
+    pub bbox: &'a Rect,
+    pub crop: &'a Rect,
+    pub detection_score: Option<f32>,
+    pub label: &'a str,
+    pub confidence: f32,
+    pub probabilities: ClassProbabilities<'a>,
+}
+
+impl<'a> FaceJson<'a> {
+    pub fn new(face: &'a Face, class_names: &'a [String]) -> Self {
+        FaceJson {
+            bbox: &face.bbox,
+            crop: &face.crop,
+            detection_score: face.detection_score,
+            label: &face.label,
+            confidence: face.confidence,
+            probabilities: ClassProbabilities {
+                class_names,
+                probabilities: &face.probabilities,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FaceLine<'a> {
+    path: &'a str,
+    status: &'static str,
+    face: usize,
+    #[serde(flatten)]
+    detail: FaceJson<'a>,
+}
+
+#[derive(Serialize)]
+struct NoFaceLine<'a> {
+    path: &'a str,
+    status: &'static str,
+    too_small: usize,
+}
+
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    path: &'a str,
+    status: &'static str,
+    error: &'a str,
+}
+
+/// Writes [`ImageResult`]s in one format.
+pub struct PredictionWriter<W: Write> {
+    class_names: Vec<String>,
+    sink: Sink<W>,
+    /// CSV and the table start with a header, written with the first record.
+    header_written: bool,
+}
+
+enum Sink<W: Write> {
+    Jsonl(W),
+    Csv(csv::Writer<W>),
+    Table(W),
+}
+
+impl<W: Write> PredictionWriter<W> {
+    pub fn new(format: OutputFormat, class_names: &[String], out: W) -> Self {
+        let sink = match format {
+            OutputFormat::Jsonl => Sink::Jsonl(out),
+            OutputFormat::Csv => Sink::Csv(csv::Writer::from_writer(out)),
+            OutputFormat::Table => Sink::Table(out),
+        };
+        PredictionWriter {
+            class_names: class_names.to_vec(),
+            sink,
+            header_written: false,
+        }
+    }
+
+    pub fn write(&mut self, result: &ImageResult) -> Result<()> {
+        let with_header = !std::mem::replace(&mut self.header_written, true);
+        let names = &self.class_names;
+        let written = match &mut self.sink {
+            Sink::Jsonl(out) => write_jsonl(out, names, result),
+            Sink::Csv(out) => write_csv(out, names, result, with_header),
+            Sink::Table(out) => write_table(out, names, result, with_header),
+        };
+        written.map_err(|err| Error::io("<output>", err))
+    }
+
+    /// Flushes and returns the underlying writer.
+    pub fn finish(self) -> Result<W> {
+        let flushed = match self.sink {
+            Sink::Jsonl(mut out) | Sink::Table(mut out) => out.flush().map(|_| out),
+            Sink::Csv(out) => out.into_inner().map_err(|err| err.into_error()),
+        };
+        flushed.map_err(|err| Error::io("<output>", err))
+    }
+}
+
+fn write_jsonl<W: Write>(
+    out: &mut W,
+    class_names: &[String],
+    result: &ImageResult,
+) -> std::io::Result<()> {
+    let path = result.source.as_str();
+    match &result.outcome {
+        Ok(prediction) if prediction.faces.is_empty() => {
+            let line = NoFaceLine {
+                path,
+                status: "no_face",
+                too_small: prediction.too_small,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(prediction) => {
+            for (index, face) in prediction.faces.iter().enumerate() {
+                let line = FaceLine {
+                    path,
+                    status: "face",
+                    face: index,
+                    detail: FaceJson::new(face, class_names),
+                };
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Err(error) => {
+            let line = ErrorLine {
+                path,
+                status: "error",
+                error,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+const CSV_FIXED_COLUMNS: [&str; 10] = [
+    "path",
+    "status",
+    "face",
+    "x",
+    "y",
+    "width",
+    "height",
+    "detection_score",
+    "label",
+    "confidence",
+];
+
+fn write_csv<W: Write>(
+    out: &mut csv::Writer<W>,
+    class_names: &[String],
+    result: &ImageResult,
+    with_header: bool,
+) -> std::io::Result<()> {
+    let columns = CSV_FIXED_COLUMNS.len() + class_names.len() + 1;
+    if with_header {
+        let mut header: Vec<&str> = CSV_FIXED_COLUMNS.to_vec();
+        header.extend(class_names.iter().map(String::as_str));
+        header.push("error");
+        out.write_record(&header)?;
+    }
+    let path = result.source.as_str();
+    match &result.outcome {
+        Ok(prediction) if prediction.faces.is_empty() => {
+            let mut row = vec![String::new(); columns];
+            row[0] = path.to_string();
+            row[1] = "no_face".into();
+            out.write_record(&row)?;
+        }
+        Ok(prediction) => {
+            for (index, face) in prediction.faces.iter().enumerate() {
+                let mut row = vec![
+                    path.to_string(),
+                    "face".into(),
+                    index.to_string(),
+                    face.bbox.x.to_string(),
+                    face.bbox.y.to_string(),
+                    face.bbox.width.to_string(),
+                    face.bbox.height.to_string(),
+                    face.detection_score
+                        .map(|s| format!("{s:.3}"))
+                        .unwrap_or_default(),
+                    face.label.clone(),
+                    format!("{:.6}", face.confidence),
+                ];
+                row.extend(face.probabilities.iter().map(|p| format!("{p:.6}")));
+                row.push(String::new());
+                out.write_record(&row)?;
+            }
+        }
+        Err(error) => {
+            let mut row = vec![String::new(); columns];
+            row[0] = path.to_string();
+            row[1] = "error".into();
+            row[columns - 1] = error.clone();
+            out.write_record(&row)?;
+        }
+    }
+    Ok(())
+}
+
+/// Width of a probability column: the class name, at least `0.000`.
+fn class_column_width(name: &str) -> usize {
+    name.len().max(5)
+}
+
+/// Fixed-width columns first and the path last, so rows line up without knowing every
+/// path in advance and can be printed as they come.
+fn write_table<W: Write>(
+    out: &mut W,
+    class_names: &[String],
+    result: &ImageResult,
+    with_header: bool,
+) -> std::io::Result<()> {
+    if with_header {
+        write!(
+            out,
+            "{:>4} {:>5} {:>5} {:>5} {:>5} {:<10} {:>5}",
+            "FACE", "X", "Y", "W", "H", "LABEL", "CONF"
+        )?;
+        for name in class_names {
+            write!(out, " {:>width$}", name, width = class_column_width(name))?;
+        }
+        writeln!(out, "  PATH")?;
+    }
+    let path = result.source.as_str();
+    let blank_probabilities = |out: &mut W| -> std::io::Result<()> {
+        for name in class_names {
+            write!(out, " {:>width$}", "-", width = class_column_width(name))?;
+        }
+        Ok(())
+    };
+    match &result.outcome {
+        Ok(prediction) if prediction.faces.is_empty() => {
+            write!(
+                out,
+                "{:>4} {:>5} {:>5} {:>5} {:>5} {:<10} {:>5}",
+                "-", "-", "-", "-", "-", "no face", "-"
+            )?;
+            blank_probabilities(out)?;
+            if prediction.too_small > 0 {
+                writeln!(out, "  {path} ({} too small)", prediction.too_small)?;
+            } else {
+                writeln!(out, "  {path}")?;
+            }
+        }
+        Ok(prediction) => {
+            for (index, face) in prediction.faces.iter().enumerate() {
+                let b = face.bbox;
+                write!(
+                    out,
+                    "{:>4} {:>5} {:>5} {:>5} {:>5} {:<10} {:>5.3}",
+                    index, b.x, b.y, b.width, b.height, face.label, face.confidence
+                )?;
+                for (name, p) in class_names.iter().zip(&face.probabilities) {
+                    write!(out, " {:>width$.3}", p, width = class_column_width(name))?;
+                }
+                writeln!(out, "  {path}")?;
+            }
+        }
+        Err(error) => {
+            write!(
+                out,
+                "{:>4} {:>5} {:>5} {:>5} {:>5} {:<10} {:>5}",
+                "-", "-", "-", "-", "-", "error", "-"
+            )?;
+            blank_probabilities(out)?;
+            writeln!(out, "  {path}: {error}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! gfer's CLIP image tower against the reference, Hugging Face `transformers`
+//! (`image_embeds` of CLIPVisionModelWithProjection), through fixtures written by
+//! `scripts/make_reference.py clip` (tiny, committed) and `... clip --testtime` (full-size
+//! ViT-B/32, generated into assets/reference/clip/).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The tolerance the issue sets: max |gfer - reference| / max |reference|.
+const RELATIVE_TOLERANCE: f32 = 1e-4;
+
+fn tiny_config() -> ClipConfig {
+    ClipConfig {
+        image_size: 32,
+        patch_size: 8,
+        width: 64,
+        layers: 2,
+        heads: 4,
+        mlp_width: 128,
+        embed_dim: 32,
+    }
+}
+
+fn io(path: &Path) -> (Tensor, Tensor) {
+    let io = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    (io["pixels"].clone(), io["embeds"].clone())
+}
+
+fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
+    assert_eq!(ours.dims(), reference.dims());
+    let diff = (ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    let scale = reference.abs().unwrap().max_all().unwrap();
+    (diff / scale).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn assert_matches(encoder: &dyn Encoder, pixels: &Tensor, reference: &Tensor, what: &str) {
+    let ours = encoder.encode(pixels).unwrap();
+    let error = relative_error(&ours, reference);
+    eprintln!("{what}: relative error {error:.2e}");
+    assert!(
+        error < RELATIVE_TOLERANCE,
+        "{what}: relative error {error:.2e}"
+    );
+}
+
+#[test]
+fn tiny_tower_matches_transformers_in_every_layout_and_format() {
+    let (pixels, reference) = io(&common::fixture("clip/tiny_io.safetensors"));
+    let mut fingerprints = Vec::new();
+    for file in [
+        "tiny_hf.safetensors",
+        "tiny_openai.safetensors",
+        "tiny_openai.pt",
+        "tiny_openai_jit.pt",
+    ] {
+        let path = common::fixture(&format!("clip/{file}"));
+        let encoder =
+            ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu).unwrap();
+        assert_eq!(encoder.dim(), 32);
+        assert_eq!(encoder.input_size(), 32);
+        assert_matches(&encoder, &pixels, &reference, file);
+        fingerprints.push(encoder.fingerprint().to_string());
+    }
+    // The same weights give the same fingerprint whatever file they came from.
+    assert!(
+        fingerprints.windows(2).all(|w| w[0] == w[1]),
+        "{fingerprints:?}"
+    );
+}
+
+#[test]
+fn each_image_is_encoded_alone_as_in_a_batch() {
+    let (pixels, reference) = io(&common::fixture("clip/tiny_io.safetensors"));
+    let path = common::fixture("clip/tiny_hf.safetensors");
+    let encoder = ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu).unwrap();
+    for i in 0..pixels.dim(0).unwrap() {
+        let one = pixels.narrow(0, i, 1).unwrap();
+        assert_matches(
+            &encoder,
+            &one,
+            &reference.narrow(0, i, 1).unwrap(),
+            &format!("image {i}"),
+        );
+    }
+}
+
+#[test]
+fn the_tiny_shape_is_inferred_except_the_head_count() {
+    let encoder =
+        ClipVisionEncoder::load(&common::fixture("clip/tiny_openai.pt"), &Device::Cpu).unwrap();
+    // CLIP stores no head count; gfer assumes the 64-wide heads of every published tower.
+    let expected = ClipConfig {
+        heads: 1,
+        ..tiny_config()
+    };
+    assert_eq!(encoder.config(), &expected);
+    assert_eq!(encoder.id(), "clip-vit-custom");
+}
+
+#[test]
+fn a_checkpoint_with_a_wrong_and_a_missing_tensor_is_refused_naming_both() {
+    let path = common::fixture("clip/tiny_hf.safetensors");
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors
+        .remove("vision_model.encoder.layers.1.layer_norm2.bias")
+        .unwrap();
+    tensors.insert(
+        "vision_model.encoder.layers.0.mlp.fc1.weight".into(),
+        Tensor::zeros((100, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = match ClipVisionEncoder::from_tensors_with(
+        tensors,
+        Some(&tiny_config()),
+        "broken.safetensors",
+    ) {
+        Ok(_) => panic!("a broken checkpoint was accepted"),
+        Err(err) => err.to_string(),
+    };
+    eprintln!("{err}");
+    assert!(err.starts_with("broken.safetensors: "), "{err}");
+    assert!(
+        err.contains("vision_model.encoder.layers.1.layer_norm2.bias: expected [64], missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "vision_model.encoder.layers.0.mlp.fc1.weight: expected [128, 64], found [100, 64]"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tower_of_another_shape_is_refused_when_a_preset_is_named() {
+    let path = common::fixture("clip/tiny_openai.safetensors");
+    let err = match load_encoder(Some(Backbone::ClipVitB32), &path, &Device::Cpu) {
+        Ok(_) => panic!("a tiny tower was accepted as ViT-B/32"),
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("does not match CLIP clip-vit-b32 (OpenAI layout)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("visual.conv1.weight: expected [768, 3, 32, 32], found [64, 3, 8, 8]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_clip_checkpoint_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.safetensors");
+    let t = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("fc.weight".to_string(), t)]), &path).unwrap();
+    let err = match ClipVisionEncoder::load(&path, &Device::Cpu) {
+        Ok(_) => panic!("accepted"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("not a CLIP checkpoint"), "{err}");
+}
+
+#[test]
+fn full_size_vit_b32_matches_transformers() {
+    let how = "run `python scripts/make_reference.py clip --testtime`";
+    let (Some(hf), Some(openai), Some(io_path)) = (
+        common::asset("reference/clip/vit_b32_hf.safetensors", how),
+        common::asset("reference/clip/vit_b32_openai.pt", how),
+        common::asset("reference/clip/vit_b32_io.safetensors", how),
+    ) else {
+        return;
+    };
+    let (pixels, reference) = io(&io_path);
+    let mut fingerprints = Vec::new();
+    for path in [hf, openai] {
+        // Preset inferred from the shapes, then checked against ViT-B/32 by name.
+        let inferred = load_encoder(None, &path, &Device::Cpu).unwrap();
+        assert_eq!(inferred.id(), "clip-vit-b32");
+        assert_eq!(inferred.dim(), 512);
+        let named = load_encoder(Some(Backbone::ClipVitB32), &path, &Device::Cpu).unwrap();
+        assert_matches(
+            named.as_ref(),
+            &pixels,
+            &reference,
+            &path.display().to_string(),
+        );
+        fingerprints.push(named.fingerprint().to_string());
+    }
+    assert_eq!(fingerprints[0], fingerprints[1]);
+}
