@@ -7,6 +7,7 @@ pub mod backbone;
 pub mod bench;
 pub mod bundle;
 pub mod data;
+pub mod demo;
 pub mod detect;
 pub mod domains;
 pub mod draw;

@@ -17,6 +17,7 @@ The tiny fixtures hold one random tower in every layout gfer reads:
 The OpenAI-layout copy is checked here against a plain PyTorch re-implementation of
 OpenAI's VisionTransformer, so the name conversion itself is proven before any Rust runs.
 """
+TESTTIME = True  # has references too large to commit, made by --testtime before the tests
 import argparse
 import os
 import tempfile

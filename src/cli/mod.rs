@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 mod common;
 pub mod data;
+mod demo;
 pub mod domains;
 mod eval;
 mod extract;
@@ -35,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
     Data(data::DataArgs),
+    /// The built-in offline demonstration, end to end (README's first command).
+    Demo(demo::DemoArgs),
     /// Frozen encoder features of images to a safetensors file.
     Extract(extract::ExtractArgs),
     /// Train CAFE (or a baseline) on one data set.
@@ -58,6 +61,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Extract(args) => extract::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

@@ -34,6 +34,15 @@ pub struct CafeConfig {
     #[serde(default = "default_true")]
     pub sigmoid_mask: bool,
     /// Leave out the last ReLU of the ResNet so the mask spans (0, 1) instead of [0.5, 1).
+    ///
+    /// In the authors' code the trunk ends with `relu(x + shortcut)` of layer4's last
+    /// block, so its global average is >= 0 and `sigmoid` can at most halve a channel; the
+    /// paper writes the mask as a plain sigmoid of the generator's output, which reads as
+    /// the full (0, 1). Removing that one ReLU is the smallest change that lets the pooled
+    /// value go negative: every weight keeps its meaning (an MS-Celeb start still fits)
+    /// and nothing is added that the published model lacks. With a mask projection
+    /// (D != trunk width) the mask is unrestricted anyway, as the linear layer can go
+    /// negative.
     pub unrestricted_mask: bool,
     /// Stage widths of the ResNet-18 mask generator (64, 128, 256, 512).
     pub trunk_widths: [usize; 4],

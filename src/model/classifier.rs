@@ -66,6 +66,7 @@ impl Method {
                 | Method::CafeNoDiv
                 | Method::CafeMaskOnly
                 | Method::CafeNoSigmoid
+                | Method::CafeNoMask
         )
     }
 
@@ -386,5 +387,57 @@ impl Trainable for Classifier {
 
     fn drop_per_group(&self) -> usize {
         self.spec.cafe.drop_per_group
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init_var_builder;
+    use candle_core::Device;
+    use clap::ValueEnum;
+
+    /// Every method builds, trains one step and classifies with a frozen feature of width 21.
+    #[test]
+    fn every_method_trains_and_classifies() -> Result<()> {
+        let device = Device::Cpu;
+        let cafe = CafeConfig {
+            trunk_widths: [2, 4, 4, 8],
+            ..CafeConfig::default()
+        }
+        .with_feature_dim(21);
+        let batch = Batch {
+            images: Some(Tensor::randn(0f32, 1., (2, 3, 32, 32), &device)?),
+            features: Some(Tensor::randn(0f32, 1., (2, 21), &device)?),
+            mask_input: None,
+            labels: Tensor::new(&[1u32, 4], &device)?,
+        };
+        let drop = Tensor::ones(21, DType::F32, &device)?;
+        for &method in Method::value_variants() {
+            let spec = ModelSpec::new(
+                method,
+                cafe.clone(),
+                GeneratorSpec::Resnet {
+                    widths: cafe.trunk_widths,
+                },
+            );
+            let model = Classifier::new(init_var_builder(HashMap::new(), 1, &device), &spec)?;
+            let losses = model.train_losses(&batch, &drop)?;
+            assert!(
+                losses.loss.to_scalar::<f32>()?.is_finite(),
+                "{}",
+                method.name()
+            );
+            assert_eq!(model.logits(&batch)?.dims(), [2, 7], "{}", method.name());
+            assert_eq!(
+                method.is_cafe(),
+                losses.loss_sep.to_scalar::<f32>()? != 0.0
+                    || method == Method::CafeNoSep
+                    || method == Method::CafeMaskOnly,
+                "{}",
+                method.name()
+            );
+        }
+        Ok(())
     }
 }

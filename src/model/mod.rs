@@ -5,6 +5,34 @@
 //! Tensor names follow PyTorch: the ResNet-18 mask generator under torchvision's names at
 //! the root (`conv1.weight`, `layer2.0.downsample.1.running_var`, ...), the classifier as
 //! `fc.weight`/`fc.bias`, the optional mask projection as `mask_proj.weight`/`.bias`.
+//!
+//! A new model from the MS-Celeb ResNet-18, trained one step:
+//!
+//! ```no_run
+//! # fn main() -> gfer::Result<()> {
+//! use candle_core::{Device, Tensor};
+//! use gfer::model::{drop_vector, init_var_builder, resnet, Cafe, CafeConfig};
+//! use gfer::train::{optim::{Adam, AdamConfig}, train_step};
+//! use rand::SeedableRng;
+//!
+//! let device = Device::Cpu;
+//! let cfg = CafeConfig::default();
+//! let path = std::path::Path::new("resnet18_msceleb.pth");
+//! let resnet = resnet::load_checkpoint(path, cfg.trunk_widths, false, &device)?;
+//! // The FC (and anything a partial checkpoint lacks) starts from PyTorch's default init.
+//! let model = Cafe::new(init_var_builder(resnet, 3407, &device), &cfg)?;
+//! let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
+//!
+//! let images = Tensor::zeros((2, 3, 224, 224), candle_core::DType::F32, &device)?;
+//! let features = Tensor::zeros((2, 512), candle_core::DType::F32, &device)?;
+//! let labels = Tensor::new(&[3u32, 6], &device)?;
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3407);
+//! let drop = drop_vector(cfg.feature_dim, cfg.classes, cfg.drop_per_group, &mut rng)?;
+//! let outcome = train_step(&model, &mut adam, &images, &features, &labels, &Tensor::new(drop, &device)?)?;
+//! println!("loss {}", outcome.loss);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cafe;
 pub mod classifier;

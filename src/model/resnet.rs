@@ -82,10 +82,10 @@ impl BatchNorm2d {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        let per_channel = (1, c, 1, 1);
-        let weight = self.weight.1.as_tensor().reshape(per_channel)?;
-        let bias = self.bias.1.as_tensor().reshape(per_channel)?;
         if !train {
+            let per_channel = (1, c, 1, 1);
+            let weight = self.weight.1.as_tensor().reshape(per_channel)?;
+            let bias = self.bias.1.as_tensor().reshape(per_channel)?;
             let mean = self
                 .running_mean
                 .1
@@ -109,17 +109,14 @@ impl BatchNorm2d {
                 x.dims()
             )));
         }
-        // Sums over the contiguous H*W first, then over the batch.
-        let channel_mean = |t: &Tensor| -> Result<Tensor> {
-            let sum = t.reshape((n, c, h * w))?.sum_keepdim(2)?.sum_keepdim(0)?;
-            Ok((sum / count as f64)?.reshape(per_channel)?)
-        };
-        let mean = channel_mean(x)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = channel_mean(&centered.sqr()?)?;
-        self.update_running_stats(&mean.detach(), &var.detach(), count)?;
-        let scale = (&var + BN_EPS)?.sqrt()?.recip()?.mul(&weight)?;
-        Ok(centered.broadcast_mul(&scale)?.broadcast_add(&bias)?)
+        let (y, mean, var) = ops::batch_norm_train(
+            x,
+            self.weight.1.as_tensor(),
+            self.bias.1.as_tensor(),
+            BN_EPS,
+        )?;
+        self.update_running_stats(&mean, &var, count)?;
+        Ok(y)
     }
 
     /// running = (1 - momentum) running + momentum batch, with the batch variance made
@@ -127,10 +124,9 @@ impl BatchNorm2d {
     fn update_running_stats(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let unbiased = count as f64 / (count as f64 - 1.0);
         let (rm, rv) = (&self.running_mean.1, &self.running_var.1);
-        let new_mean =
-            ((rm.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean.flatten_all()? * BN_MOMENTUM)?)?;
-        let new_var = ((rv.as_tensor() * (1.0 - BN_MOMENTUM))?
-            + (var.flatten_all()? * (BN_MOMENTUM * unbiased))?)?;
+        let new_mean = ((rm.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+        let new_var =
+            ((rv.as_tensor() * (1.0 - BN_MOMENTUM))? + (var * (BN_MOMENTUM * unbiased))?)?;
         rm.set(&new_mean)?;
         rv.set(&new_var)?;
         Ok(())

@@ -2,6 +2,7 @@
 //! the loop with checkpoints and resume ([`trainer`]), its data paths (full recipe on
 //! [`pixels`], fast mode on the [`cache`] via [`fast`]), and a whole run ([`session`]).
 
+pub mod bench;
 pub mod cache;
 pub mod fast;
 pub mod optim;
