@@ -212,7 +212,7 @@ def bench(batch=16, repeats=5, threads=2):
     import onnxruntime as ort
 
     # The backbone alone: the graph cut at its output.
-    model = onnx.load(str(ONNX_FILE))
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(ONNX_FILE)))
     extracted = onnx.utils.Extractor(model).extract_model(["input_image"], [BACKBONE_OUTPUT])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
