@@ -55,7 +55,8 @@ pub struct TrainBenchArgs {
     pub views: usize,
     #[arg(long, default_value_t = 60)]
     pub epochs: usize,
-    #[arg(long, value_delimiter = ',', default_values_t = [512])]
+    /// (the flag alone, with no value: one linear layer).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [512])]
     pub mlp_hidden: Vec<usize>,
     /// Extraction: the encoder preset with random weights, or --weights.
     #[arg(long, default_value = "clip-vit-b32")]

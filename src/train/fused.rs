@@ -143,35 +143,47 @@ impl Dense {
         rows: usize,
         input_grad: bool,
     ) -> Result<Option<Vec<f32>>> {
-        matmul(
-            self.output,
-            self.input,
-            rows,
-            &mut self.weight.grad,
-            false,
-            Mat::transposed(dy, self.output),
-            Mat::rows(x, self.input),
-        )?;
+        let (input, output) = (self.input, self.output);
+        let weight_grad = &mut self.weight.grad;
+        let weight = &self.weight.value;
+        // The two products are independent: one on each core.
+        let (dw, dx) = rayon::join(
+            || {
+                matmul(
+                    output,
+                    input,
+                    rows,
+                    weight_grad,
+                    false,
+                    Mat::transposed(dy, output),
+                    Mat::rows(x, input),
+                )
+            },
+            || -> Result<Option<Vec<f32>>> {
+                if !input_grad {
+                    return Ok(None);
+                }
+                let mut dx = vec![0.0f32; rows * input];
+                matmul(
+                    rows,
+                    input,
+                    output,
+                    &mut dx,
+                    false,
+                    Mat::rows(dy, output),
+                    Mat::rows(weight, input),
+                )?;
+                Ok(Some(dx))
+            },
+        );
+        dw?;
         self.bias.grad.fill(0.0);
-        for row in dy.chunks_exact(self.output) {
+        for row in dy.chunks_exact(output) {
             for (g, d) in self.bias.grad.iter_mut().zip(row) {
                 *g += d;
             }
         }
-        if !input_grad {
-            return Ok(None);
-        }
-        let mut dx = vec![0.0f32; rows * self.input];
-        matmul(
-            rows,
-            self.input,
-            self.output,
-            &mut dx,
-            false,
-            Mat::rows(dy, self.output),
-            Mat::rows(&self.weight.value, self.input),
-        )?;
-        Ok(Some(dx))
+        dx
     }
 
     fn params_mut(&mut self) -> [&mut Param; 2] {

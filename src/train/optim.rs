@@ -270,30 +270,70 @@ pub fn update_slice(
     exp_avg_sq: &mut [f32],
 ) {
     let t = step as f64;
-    let weight_decay = cfg.weight_decay as f32;
-    let one_minus_beta1 = (1.0 - cfg.beta1) as f32;
-    let beta2 = cfg.beta2 as f32;
-    let one_minus_beta2 = (1.0 - cfg.beta2) as f32;
-    // candle divides a tensor by a scalar as a multiplication by its inverse.
-    let inverse_bias_correction2_sqrt = (1.0 / (1.0 - cfg.beta2.powf(t)).sqrt()) as f32;
-    let eps = cfg.eps as f32;
-    let step_size = (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32;
-    let decay = cfg.weight_decay != 0.0;
+    let constants = AdamConstants {
+        weight_decay: cfg.weight_decay as f32,
+        one_minus_beta1: (1.0 - cfg.beta1) as f32,
+        beta2: cfg.beta2 as f32,
+        one_minus_beta2: (1.0 - cfg.beta2) as f32,
+        // candle divides a tensor by a scalar as a multiplication by its inverse.
+        inverse_bias_correction2_sqrt: (1.0 / (1.0 - cfg.beta2.powf(t)).sqrt()) as f32,
+        eps: cfg.eps as f32,
+        step_size: (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32,
+    };
     const CHUNK: usize = 1 << 14;
     value
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
         .zip(exp_avg.par_chunks_mut(CHUNK))
         .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                let g = if decay { g + *p * weight_decay } else { g };
-                *m += (g - *m) * one_minus_beta1;
-                *v = *v * beta2 + g * g * one_minus_beta2;
-                let denom = v.sqrt() * inverse_bias_correction2_sqrt + eps;
-                *p -= (*m / denom) * step_size;
-            }
-        });
+        .for_each(|(((p, g), m), v)| constants.apply(p, g, m, v));
+}
+
+/// Adam's per-step scalars in f32, as the tensor version applies them.
+#[derive(Clone, Copy)]
+struct AdamConstants {
+    weight_decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inverse_bias_correction2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+impl AdamConstants {
+    fn apply(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2, checked just above.
+            return unsafe { self.apply_avx2(p, g, m, v) };
+        }
+        self.apply_portable(p, g, m, v)
+    }
+
+    /// The same loop compiled for AVX2, which vectorises it eight lanes wide; no FMA, so
+    /// the rounding is that of the separate multiplications and additions.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.apply_portable(p, g, m, v)
+    }
+
+    #[inline(always)]
+    fn apply_portable(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        let c = self;
+        for i in 0..n {
+            // PyTorch adds the L2 term only when weight_decay != 0; adding 0 * p changes
+            // nothing but a -0.0 gradient, which the moments never see as different.
+            let grad = g[i] + p[i] * c.weight_decay;
+            m[i] += (grad - m[i]) * c.one_minus_beta1;
+            v[i] = v[i] * c.beta2 + grad * grad * c.one_minus_beta2;
+            let denom = v[i].sqrt() * c.inverse_bias_correction2_sqrt + c.eps;
+            p[i] -= (m[i] / denom) * c.step_size;
+        }
+    }
 }
 
 /// PyTorch's `ExponentialLR`: each [`ExponentialLr::step`] (once per epoch) multiplies
