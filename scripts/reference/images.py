@@ -2,8 +2,9 @@
 
 Writes into tests/fixtures/images/:
   - a set of small generated test images in every supported format and colour layout
-    (grey, grey+alpha, RGBA, palette, 1-bit, 16-bit, CMYK JPEG, EXIF-rotated JPEG, GIF,
-    WebP, BMP, TIFF), of odd sizes that make the presets scale up, down, and both;
+    (grey, grey+alpha, RGBA, palette, 1-bit, 16-bit, JPEG 4:2:0/4:2:2/4:4:4, progressive
+    and with restart markers, CMYK JPEG, EXIF-rotated JPEG, GIF, WebP, BMP, TIFF), of odd
+    sizes that make the presets scale up, down, and both;
   - for each image NAME.EXT a file NAME.EXT.safetensors holding
       decoded   [H,W,3] u8  the image as RGB u8 after Pillow's decode, EXIF transpose and
                             convert("RGB") (omitted above 10,000 pixels, to keep
@@ -136,6 +137,9 @@ def cases():
     photo = rgb(100, 100, 14)
     out.append(("rgb_100x100.jpg", save(photo, "JPEG", quality=90), 112, None))
     out.append(("rgb444_60x45.jpg", save(rgb(45, 60, 15), "JPEG", quality=95, subsampling=0), 32, None))
+    out.append(("rgb422_61x47.jpg", save(rgb(47, 61, 28), "JPEG", quality=80, subsampling=1), 32, None))
+    restart = save(rgb(51, 77, 29), "JPEG", quality=75, optimize=True, restart_marker_blocks=3)
+    out.append(("restart_77x51.jpg", restart, 32, None))
     out.append(("progressive_70x52.jpg", save(rgb(52, 70, 16), "JPEG", quality=85, progressive=True), 32, None))
     out.append(("grey_41x47.jpg", save(Image.fromarray(pattern(47, 41, 17, 1)[..., 0], "L"), "JPEG"), 32, None))
     cmyk = Image.fromarray(pattern(48, 64, 18, 4), "CMYK")

@@ -1,7 +1,8 @@
 //! Decoding any supported file into RGB u8, with the EXIF orientation applied and the
 //! size checked before any pixel memory is allocated.
 
-use std::io::Cursor;
+use std::cell::Cell;
+use std::io::{BufRead, Cursor};
 
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
@@ -60,16 +61,6 @@ fn describe(format: ImageFormat, err: ImageError) -> String {
         ImageError::IoError(e) => format!("cannot read {name} data: {e}"),
         other => format!("cannot decode {name}: {other}"),
     }
-}
-
-/// A JPEG cut short can decode "successfully" (the missing part filled in). Pillow
-/// refuses a file that ends without the end-of-image marker FF D9; so do we. The marker
-/// may be followed by padding or an appended trailer, so the last 64 KiB are searched.
-/// (Like Pillow, a file cut short whose last bytes happen to hold FF D9 is accepted.)
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    const TAIL: usize = 64 * 1024;
-    let tail = &bytes[bytes.len().saturating_sub(TAIL)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Decode an image file's bytes to RGB u8. `origin` names the file in errors.
@@ -159,11 +150,184 @@ fn check_size(width: u32, height: u32, origin: &str, limits: &DecodeLimits) -> R
     Ok(())
 }
 
-/// JPEGs go through `jpeg-decoder`, whose chroma upsampling is libjpeg's "fancy"
-/// (triangle) filter as in Pillow's libjpeg-turbo; the `image` crate's decoder rounds
-/// between the two upsampling directions and ends up to 11 levels away on sharp colour
-/// edges. The IDCT still differs in rounding: a few levels on a few percent of pixels.
+/// JPEGs go through libjpeg-turbo's own decoder (the one in `mozjpeg`) with its defaults,
+/// ISLOW IDCT and "fancy" chroma upsampling, as Pillow's libjpeg-turbo decodes them: the
+/// pixels are Pillow's, bit for bit. Like Pillow, 1 component is grey, 3 are asked for as
+/// RGB (libjpeg converts YCbCr) and 4 as CMYK (libjpeg converts YCCK), always taken as
+/// Adobe's inverted CMYK. Only 8-bit JPEGs: 12-bit ones are refused, as Pillow refuses
+/// them. libjpeg's warnings (corrupt entropy data, which it repairs) are ignored, as
+/// Pillow ignores them; a file cut short is refused as Pillow refuses it (see
+/// [`JpegInput`]). Lossless JPEGs, which this libjpeg does not read, go through
+/// `jpeg-decoder` (see [`decode_lossless_jpeg`]).
 fn decode_jpeg(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    match decode_jpeg_libjpeg(bytes, origin, limits) {
+        Err(_) if is_lossless_jpeg(bytes) => decode_lossless_jpeg(bytes, origin, limits),
+        decoded => decoded,
+    }
+}
+
+fn decode_jpeg_libjpeg(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<RgbImage> {
+    let ran_out = Cell::new(false);
+    let input = JpegInput {
+        data: bytes,
+        pos: 0,
+        ran_out: &ran_out,
+    };
+    // libjpeg reports a fatal error through its `error_exit` callback, which must not
+    // return; mozjpeg's unwinds from it (`resume_unwind`: no panic message printed) with
+    // libjpeg's message, through C compiled with -fexceptions. It is caught here; the
+    // decompressor's destructor frees libjpeg's memory on the way. (So gfer must not be
+    // built with panic = "abort".)
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_jpeg_unchecked(input, &ran_out, origin, limits)
+    }));
+    match decoded {
+        Ok(result) => result,
+        Err(_) if ran_out.get() => Err(image_error(
+            origin,
+            "truncated JPEG file: the data ends before the image is complete",
+        )),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("the JPEG decoder failed");
+            Err(image_error(origin, describe_libjpeg(message)))
+        }
+    }
+}
+
+/// The file's bytes as libjpeg reads them, ending as Pillow's input ends. Pillow feeds
+/// libjpeg the file in blocks; when libjpeg asks for more than there is, Pillow refuses
+/// the file as truncated if rows of pixels are still missing, and stops there with the
+/// image if they are all out (libjpeg was only reading on to the end-of-image marker).
+/// libjpeg alone would instead pretend an end-of-image marker and fill the missing rows
+/// with grey. So here running out is an `io::Error`, which mozjpeg turns into libjpeg's
+/// fatal "Input file read error", and is noted in `ran_out` for the caller to tell the
+/// two cases apart.
+struct JpegInput<'a> {
+    data: &'a [u8],
+    pos: usize,
+    ran_out: &'a Cell<bool>,
+}
+
+impl std::io::Read for JpegInput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for JpegInput<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.pos < self.data.len() {
+            Ok(&self.data[self.pos..])
+        } else {
+            self.ran_out.set(true);
+            // Not `UnexpectedEof`: mozjpeg would take that for a quiet end of file.
+            Err(std::io::Error::other("the JPEG data ends early"))
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.data.len());
+    }
+}
+
+/// Says in words what libjpeg's fatal error means.
+fn describe_libjpeg(message: &str) -> String {
+    let message = message.trim_start_matches("libjpeg fatal error: ");
+    let lower = message.to_lowercase();
+    if lower.contains("unsupported") || lower.contains("not supported") || lower.contains("omitted")
+    {
+        format!("unsupported JPEG variant: {message}")
+    } else {
+        format!("corrupt JPEG data: {message}")
+    }
+}
+
+/// The decoding itself; libjpeg's fatal errors unwind out of it (see [`decode_jpeg`]).
+fn decode_jpeg_unchecked(
+    input: JpegInput<'_>,
+    ran_out: &Cell<bool>,
+    origin: &str,
+    limits: &DecodeLimits,
+) -> Result<RgbImage> {
+    use mozjpeg::{ColorSpace, Decompress, Marker};
+    let io = |e: std::io::Error| image_error(origin, format!("cannot decode JPEG: {e}"));
+    // Reads the markers up to the frame header: size and components, nothing allocated
+    // for pixels yet. APP1 is kept for the EXIF orientation.
+    let header = Decompress::with_markers(&[Marker::APP(1)])
+        .from_reader(input)
+        .map_err(io)?;
+    let (width, height) = (header.width() as u32, header.height() as u32);
+    check_size(width, height, origin, limits)?;
+    // Pillow reads the first "Exif" APP1 segment (later ones it appends to it).
+    let orientation = header
+        .markers()
+        .filter(|m| m.marker == Marker::APP(1))
+        .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let components = header.components().len();
+    let out = match components {
+        1 => ColorSpace::JCS_GRAYSCALE,
+        3 => ColorSpace::JCS_RGB,
+        4 => ColorSpace::JCS_CMYK,
+        n => {
+            return Err(image_error(
+                origin,
+                format!("unsupported JPEG variant: {n} colour components (1, 3 or 4 are)"),
+            ))
+        }
+    };
+    let mut started = header.to_colorspace(out).map_err(io)?;
+    let data: Vec<u8> = started.read_scanlines().map_err(io)?;
+    // libjpeg reads on to the end-of-image marker. Data ending on the way is no error
+    // now that every row is out (see `JpegInput`); other fatal errors still are.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| started.finish())) {
+        Ok(finished) => finished.map_err(io)?,
+        Err(_) if ran_out.get() => {}
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+    let wrong_size = || image_error(origin, "corrupt JPEG: decoded data does not match its size");
+    let mut img = match components {
+        1 => DynamicImage::ImageLuma8(
+            ::image::GrayImage::from_raw(width, height, data).ok_or_else(wrong_size)?,
+        ),
+        3 => {
+            DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, data).ok_or_else(wrong_size)?)
+        }
+        _ => {
+            // Pillow reads every CMYK JPEG as "CMYK;I", Adobe's inverted convention.
+            let rgb = data
+                .chunks_exact(4)
+                .flat_map(|p| cmyk_to_rgb(&[255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]]))
+                .collect();
+            DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, rgb).ok_or_else(wrong_size)?)
+        }
+    };
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+fn is_lossless_jpeg(bytes: &[u8]) -> bool {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().is_ok()
+        && decoder
+            .info()
+            .is_some_and(|info| info.coding_process == jpeg_decoder::CodingProcess::Lossless)
+}
+
+/// Lossless JPEGs through `jpeg-decoder`. Pillow reads the 8-bit ones (as libjpeg-turbo 3
+/// does), and `jpeg-decoder` gives the same pixels; more bits Pillow refuses, and gfer
+/// rounds them to 8. A file without the end-of-image marker FF D9 (in its last 64 KiB,
+/// where padding or a trailer may follow it) is refused as truncated.
+fn decode_lossless_jpeg(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<RgbImage> {
     let corrupt = |e: jpeg_decoder::Error| match e {
         jpeg_decoder::Error::Unsupported(what) => {
             image_error(origin, format!("unsupported JPEG variant: {what:?}"))
@@ -173,7 +337,9 @@ fn decode_jpeg(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<RgbI
         }
         other => image_error(origin, format!("corrupt or truncated JPEG data: {other}")),
     };
-    if !jpeg_is_complete(bytes) {
+    const TAIL: usize = 64 * 1024;
+    let tail = &bytes[bytes.len().saturating_sub(TAIL)..];
+    if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
         return Err(image_error(
             origin,
             "truncated JPEG file: no end-of-image marker",
@@ -209,6 +375,7 @@ fn decode_jpeg(bytes: &[u8], origin: &str, limits: &DecodeLimits) -> Result<RgbI
         PixelFormat::RGB24 => {
             DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, data).ok_or_else(wrong_size)?)
         }
+        // jpeg-decoder has inverted Adobe CMYK already.
         PixelFormat::CMYK32 => {
             let rgb = data.chunks_exact(4).flat_map(cmyk_to_rgb).collect();
             DynamicImage::ImageRgb8(RgbImage::from_raw(width, height, rgb).ok_or_else(wrong_size)?)
