@@ -498,7 +498,7 @@ impl Dinov2Encoder {
         source: &str,
         options: Dinov2Options,
     ) -> Result<Self> {
-        if options.input_size == 0 || options.input_size % PATCH_SIZE != 0 {
+        if options.input_size == 0 || !options.input_size.is_multiple_of(PATCH_SIZE) {
             return Err(Error::config(format!(
                 "DINOv2 input size {} is not a positive multiple of {PATCH_SIZE}",
                 options.input_size

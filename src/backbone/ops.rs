@@ -267,6 +267,8 @@ mod host {
         (0..s.batch * s.heads).into_par_iter().for_each_init(
             || vec![0.0f32; s.queries * s.tokens],
             |scores, task| {
+                // Captures the whole wrapper (which is Send), not its raw pointer field.
+                #[allow(clippy::redundant_locals)]
                 let shared = shared;
                 let (image, head) = (task / s.heads, task % s.heads);
                 let base = image * s.tokens * row + head * head_width;
@@ -387,7 +389,7 @@ mod host {
             let p = p.mul_add(r, 8.333_452e-3);
             let p = p.mul_add(r, 4.166_579_6e-2);
             let p = p.mul_add(r, 1.666_666_5e-1);
-            let p = p.mul_add(r, 5.000_000_1e-1);
+            let p = p.mul_add(r, 0.5);
             let p = (p * r).mul_add(r, r) + 1.0;
             p * f32::from_bits(((n as i32 + 127) << 23) as u32)
         }

@@ -20,6 +20,60 @@ pub enum BenchCommand {
     /// Without --weights, every CLIP preset (or those named by --backbone) is measured
     /// with random weights: the speed does not depend on the values.
     Encode(EncodeArgs),
+    /// Training throughput: the full recipe's step on the CPU (beside PyTorch running the
+    /// authors' model, with --python), fast-mode epochs on synthetic cached features, and
+    /// feature extraction (the encoder forward the full recipe and the cache both need).
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+pub struct TrainBenchArgs {
+    /// What to measure.
+    #[arg(long, value_delimiter = ',', default_values = ["full", "fast", "extract"])]
+    pub what: Vec<TrainStage>,
+    /// A Python with torch (e.g. .venv/bin/python, see scripts/setup-python): times the
+    /// authors' step in PyTorch in the same run and prints gfer's speed ratio.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Full recipe: batch size, timed steps (median) and image side.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 224)]
+    pub side: usize,
+    /// Full recipe: alternate gfer and PyTorch this many times (the machine's load moves).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Fast mode: cached training images (RAF-DB has 12,271), feature width, views per
+    /// image, epochs, and the MLP generator's hidden widths.
+    #[arg(long, default_value_t = 12_271)]
+    pub images: usize,
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 8)]
+    pub views: usize,
+    #[arg(long, default_value_t = 60)]
+    pub epochs: usize,
+    #[arg(long, value_delimiter = ',', default_values_t = [512])]
+    pub mlp_hidden: Vec<usize>,
+    /// Extraction: the encoder preset with random weights, or --weights.
+    #[arg(long, default_value = "clip-vit-b32")]
+    pub backbone: Backbone,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Extraction: batch size and seconds to keep timing.
+    #[arg(long, default_value_t = 8)]
+    pub extract_batch: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub extract_seconds: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainStage {
+    Full,
+    Fast,
+    Extract,
 }
 
 #[derive(Args)]
@@ -57,7 +111,106 @@ pub struct EncodeArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Encode(args) => encode(args),
+        BenchCommand::Train(args) => train(args),
     }
+}
+
+fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
+    let device = candle_core::Device::Cpu;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "settings: {}",
+        serde_json::json!({"gfer": env!("CARGO_PKG_VERSION"), "cores": cores, "cpu": cpu_description()})
+    );
+    let mut extract_ips = None;
+    if args.what.contains(&TrainStage::Extract) {
+        let encoder: Box<dyn Encoder> = match &args.weights {
+            Some(path) => load_encoder(None, path, &device)
+                .with_context(|| format!("loading {}", path.display()))?,
+            None => Box::new(ClipVisionEncoder::random(
+                &ClipConfig::of_backbone(args.backbone)?,
+                0,
+                &device,
+            )?),
+        };
+        let m = measure_encode(
+            encoder.as_ref(),
+            args.extract_batch,
+            cores,
+            1,
+            2,
+            Duration::from_secs_f64(args.extract_seconds),
+            &device,
+        )?;
+        println!(
+            "(iii) extraction, {} batch {} on {} threads: {:.2} images/s ({:.1} ms/image)",
+            m.setting.encoder, args.extract_batch, cores, m.images_per_second, m.ms_per_image
+        );
+        extract_ips = Some(m.images_per_second);
+    }
+    if args.what.contains(&TrainStage::Full) {
+        let mut ratios = Vec::new();
+        for round in 1..=args.rounds.max(1) {
+            let ours = gfer::train::bench::full_step(args.batch, args.steps, args.side)?;
+            let ips = args.batch as f64 / ours;
+            let mut line = format!(
+                "(i) full recipe step, round {round}: batch {} at {side}x{side}: gfer {:.0} ms/step, {ips:.2} images/s",
+                args.batch,
+                ours * 1e3,
+                side = args.side
+            );
+            if let Some(python) = &args.python {
+                let torch =
+                    gfer::train::bench::torch_full_step(python, args.batch, args.steps, args.side)?;
+                let ratio = torch.seconds_per_step / ours;
+                ratios.push(ratio);
+                line += &format!(
+                    "; PyTorch {} ({} threads) {:.0} ms/step; gfer/PyTorch speed {ratio:.2}x",
+                    torch.torch,
+                    torch.threads,
+                    torch.seconds_per_step * 1e3
+                );
+            }
+            println!("{line}");
+            if let Some(extract) = extract_ips {
+                // Every augmented image also goes through the frozen encoder.
+                let per_image = ours / args.batch as f64 + 1.0 / extract;
+                println!(
+                    "    with the encoder forward on every augmented image: {:.2} images/s, {:.0} s per epoch of {} images",
+                    1.0 / per_image,
+                    per_image * args.images as f64,
+                    args.images
+                );
+            }
+        }
+        if !ratios.is_empty() {
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "    gfer/PyTorch speed ratio over {} rounds: median {:.2}x",
+                ratios.len(),
+                ratios[ratios.len() / 2]
+            );
+        }
+    }
+    if args.what.contains(&TrainStage::Fast) {
+        let bench = gfer::train::bench::fast_mode(
+            args.images,
+            args.dim,
+            args.views,
+            args.epochs,
+            args.mlp_hidden.clone(),
+        )?;
+        println!(
+            "(ii) fast mode, MLP {:?} on {}-d features: {} epochs x {} images in {:.1} s, {:.0} images/s",
+            args.mlp_hidden,
+            args.dim,
+            args.epochs,
+            args.images,
+            bench.seconds,
+            bench.images_per_second()
+        );
+    }
+    Ok(())
 }
 
 fn encode(args: EncodeArgs) -> anyhow::Result<()> {

@@ -262,6 +262,14 @@ impl CafeHead {
     pub fn vars(&self) -> Vec<NamedVar> {
         self.fc.vars()
     }
+
+    pub fn fc(&self) -> &Linear {
+        &self.fc
+    }
+
+    pub fn config(&self) -> &CafeConfig {
+        &self.cfg
+    }
 }
 
 /// What produces the mask logits `g` [B,D] (the mask is `sigmoid(g)`).

@@ -15,6 +15,7 @@ use crate::backbone::Encoder;
 use crate::error::{Error, Result};
 use crate::image::Preset;
 use crate::model::{CafeConfig, CafeHead, CafeLosses, FrozenResnet, Linear, MaskNet, NamedVar};
+use crate::train::fused::FusedModel;
 use crate::train::trainer::{Batch, Trainable};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -571,6 +572,29 @@ impl Trainable for Classifier {
 
     fn drop_per_group(&self) -> usize {
         self.spec.cafe.drop_per_group
+    }
+
+    fn fused(&self) -> Option<FusedModel> {
+        let (generator, final_relu) = match &self.generator {
+            None => (Vec::new(), false),
+            Some(Generator::Mlp { layers, final_relu }) => (layers.clone(), *final_relu),
+            Some(Generator::Resnet(_)) => return None,
+        };
+        match &self.head {
+            Head::Cafe(head) => Some(FusedModel {
+                generator,
+                final_relu,
+                fc: head.fc().clone(),
+                cafe: Some(head.config().clone()),
+            }),
+            Head::Fc(fc) if self.spec.method == Method::LinearProbe => Some(FusedModel {
+                generator,
+                final_relu,
+                fc: fc.clone(),
+                cafe: None,
+            }),
+            Head::Fc(_) => None,
+        }
     }
 }
 

@@ -173,6 +173,7 @@ pub(crate) fn linear_init(fan_in: usize) -> Init {
 }
 
 /// A fully connected layer `y = x W^T + b` with PyTorch's default initialisation.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: NamedVar,
     pub bias: NamedVar,

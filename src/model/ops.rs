@@ -143,7 +143,9 @@ impl MaxPool {
 }
 
 /// The element types the CPU kernels run on.
-trait Float: Copy + Send + Sync + PartialOrd + std::ops::AddAssign + 'static {
+pub(crate) trait Float:
+    Copy + Send + Sync + PartialOrd + std::ops::AddAssign + 'static
+{
     const ZERO: Self;
     const ONE: Self;
     const NEG_INFINITY: Self;
@@ -462,14 +464,14 @@ impl Conv {
 }
 
 /// A row-major matrix view: element (i, j) at `data[i * row_stride + j * col_stride]`.
-struct Mat<'a, T> {
+pub(crate) struct Mat<'a, T> {
     data: &'a [T],
     row_stride: usize,
     col_stride: usize,
 }
 
 impl<'a, T> Mat<'a, T> {
-    fn rows(data: &'a [T], cols: usize) -> Self {
+    pub(crate) fn rows(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             row_stride: cols,
@@ -477,7 +479,7 @@ impl<'a, T> Mat<'a, T> {
         }
     }
     /// The transpose of a row-major `[rows, cols]` matrix stored in `data`.
-    fn transposed(data: &'a [T], cols: usize) -> Self {
+    pub(crate) fn transposed(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             row_stride: 1,
@@ -487,7 +489,7 @@ impl<'a, T> Mat<'a, T> {
 }
 
 /// `dst[m,n] = a[m,k] b[k,n]`, or `dst += a b` when `accumulate`; `dst` row-major.
-fn matmul<T: Float>(
+pub(crate) fn matmul<T: Float>(
     m: usize,
     n: usize,
     k: usize,

@@ -1,15 +1,19 @@
-//! Throughput of fast-mode training on synthetic cached features, for `gfer bench train`.
+//! Training throughput for `gfer bench train`: fast-mode epochs on synthetic cached
+//! features, the full recipe's training step (ResNet-18 mask generator forward, backward
+//! and Adam) on random images, and the same step of the authors' model in PyTorch.
 
 use crate::error::{Error, Result};
 use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec, FROZEN_FEATURE};
-use crate::model::{init_var_builder, CafeConfig};
+use crate::model::{drop_vector, init_var_builder, Cafe, CafeConfig};
 use crate::tensorfile;
 use crate::train::cache::CachedFeatures;
 use crate::train::fast::FastSource;
 use crate::train::run::RunDir;
 use crate::train::trainer::{self, Recipe, TrainContext};
 use candle_core::{Device, Tensor};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -82,5 +86,84 @@ pub fn fast_mode(
         images,
         epochs,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The median time of one full-recipe training step at batch `batch` on `side` x `side`
+/// random images (one untimed warm-up step first).
+pub fn full_step(batch: usize, steps: usize, side: usize) -> Result<f64> {
+    let device = Device::Cpu;
+    let cfg = CafeConfig::default();
+    let model = Cafe::new(init_var_builder(HashMap::new(), 3407, &device), &cfg)?;
+    let mut adam = crate::train::optim::Adam::new(
+        model.trainable_vars(),
+        crate::train::optim::AdamConfig::default(),
+    )?;
+    let images = Tensor::randn(0f32, 1., (batch, 3, side, side), &device)?;
+    let features = Tensor::randn(0f32, 0.5, (batch, cfg.feature_dim), &device)?;
+    let labels: Vec<u32> = (0..batch).map(|i| (i % cfg.classes) as u32).collect();
+    let labels = Tensor::new(labels, &device)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3407);
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..=steps.max(1) {
+        let drop = drop_vector(cfg.feature_dim, cfg.classes, cfg.drop_per_group, &mut rng)?;
+        let drop = Tensor::new(drop, &device)?;
+        let started = Instant::now();
+        crate::train::train_step(&model, &mut adam, &images, &features, &labels, &drop)?;
+        if step > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// What the PyTorch reference step reported.
+#[derive(Debug, serde::Deserialize)]
+pub struct TorchStep {
+    pub torch: String,
+    pub threads: usize,
+    pub seconds_per_step: f64,
+}
+
+/// Runs the authors' training step in PyTorch under `python` (which must have torch):
+/// the reference model and the timing script are written to a temporary folder.
+pub fn torch_full_step(
+    python: &Path,
+    batch: usize,
+    steps: usize,
+    side: usize,
+) -> Result<TorchStep> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io("temporary folder", e))?;
+    let reference = dir.path().join("reference");
+    let write = |name: &str, text: &str| {
+        let path = reference.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    };
+    std::fs::create_dir_all(&reference).map_err(|e| Error::io(&reference, e))?;
+    write("cafe.py", include_str!("../../scripts/reference/cafe.py"))?;
+    write(
+        "bench_train_step.py",
+        include_str!("../../scripts/reference/bench_train_step.py"),
+    )?;
+    let output = std::process::Command::new(python)
+        .arg(reference.join("bench_train_step.py"))
+        .args([batch, steps.max(1), side].map(|v| v.to_string()))
+        .output()
+        .map_err(|e| Error::io(python, e))?;
+    if !output.status.success() {
+        return Err(Error::config(format!(
+            "the PyTorch reference step failed under {} ({}): {}",
+            python.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| {
+        Error::config(format!(
+            "the PyTorch reference step printed {line:?}, not its JSON line: {e}"
+        ))
     })
 }

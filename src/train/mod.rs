@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cache;
 pub mod fast;
+pub mod fused;
 pub mod optim;
 pub mod pixels;
 pub mod run;

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::NamedVar;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -119,6 +120,35 @@ impl Adam {
         Ok(())
     }
 
+    /// The moments and step count of parameter `name`.
+    pub fn moments(&self, name: &str) -> Option<(&Tensor, &Tensor, u64)> {
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| (&p.exp_avg, &p.exp_avg_sq, p.step))
+    }
+
+    /// Replaces the moments and step count of parameter `name` (after steps computed
+    /// outside candle, see [`crate::train::fused`]).
+    pub fn set_moments(
+        &mut self,
+        name: &str,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        step: u64,
+    ) -> Result<()> {
+        let param = self
+            .params
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::config(format!("the optimiser does not hold {name}")))?;
+        let (device, dtype) = (param.var.device().clone(), param.var.dtype());
+        param.exp_avg = exp_avg.to_device(&device)?.to_dtype(dtype)?;
+        param.exp_avg_sq = exp_avg_sq.to_device(&device)?.to_dtype(dtype)?;
+        param.step = step;
+        Ok(())
+    }
+
     /// The optimiser state as tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`, `step.NAME` as a
     /// one-element i64) and metadata (the hyper-parameters, with the current `lr`).
     pub fn state(&self) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
@@ -227,6 +257,43 @@ impl Adam {
         let (tensors, metadata) = crate::model::load_safetensors(path, &Device::Cpu)?;
         self.load_state(&tensors, &metadata, &path.display().to_string())
     }
+}
+
+/// [`Adam::step`]'s update of one parameter held in plain memory (`step` already counts
+/// this update), with the same f32 operations in the same order as the tensor version.
+pub fn update_slice(
+    cfg: &AdamConfig,
+    step: u64,
+    value: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+) {
+    let t = step as f64;
+    let weight_decay = cfg.weight_decay as f32;
+    let one_minus_beta1 = (1.0 - cfg.beta1) as f32;
+    let beta2 = cfg.beta2 as f32;
+    let one_minus_beta2 = (1.0 - cfg.beta2) as f32;
+    // candle divides a tensor by a scalar as a multiplication by its inverse.
+    let inverse_bias_correction2_sqrt = (1.0 / (1.0 - cfg.beta2.powf(t)).sqrt()) as f32;
+    let eps = cfg.eps as f32;
+    let step_size = (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32;
+    let decay = cfg.weight_decay != 0.0;
+    const CHUNK: usize = 1 << 14;
+    value
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(exp_avg.par_chunks_mut(CHUNK))
+        .zip(exp_avg_sq.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                let g = if decay { g + *p * weight_decay } else { g };
+                *m += (g - *m) * one_minus_beta1;
+                *v = *v * beta2 + g * g * one_minus_beta2;
+                let denom = v.sqrt() * inverse_bias_correction2_sqrt + eps;
+                *p -= (*m / denom) * step_size;
+            }
+        });
 }
 
 /// PyTorch's `ExponentialLR`: each [`ExponentialLr::step`] (once per epoch) multiplies

@@ -11,9 +11,11 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::{Confusion, Metrics};
 use crate::model::{drop_vector, CafeLosses, NamedVar};
 use crate::tensorfile::{self, TensorFile};
+use crate::train::fused::{FusedModel, FusedStep};
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
 use crate::train::run::RunDir;
-use candle_core::{Device, Tensor};
+use crate::train::StepOutcome;
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -98,6 +100,10 @@ pub trait Trainable {
     fn feature_dim(&self) -> usize;
     fn classes(&self) -> usize;
     fn drop_per_group(&self) -> usize;
+    /// The model as plain layers when its step can run by hand ([`FusedStep`]).
+    fn fused(&self) -> Option<FusedModel> {
+        None
+    }
 }
 
 /// One line of the epoch log.
@@ -196,6 +202,12 @@ pub fn train(
         gamma: recipe.gamma,
     };
     let mut progress = resume(ctx.run, model, &mut adam)?;
+    // Fast mode on the CPU steps by hand; the model's variables are brought up to date
+    // before anything reads them.
+    let mut fused = match (ctx.device.is_cpu(), model.fused()) {
+        (true, Some(parts)) => Some(FusedStep::check_out(parts, &adam)?),
+        _ => None,
+    };
     ctx.run.truncate_jsonl("log.jsonl", progress.epoch)?;
     let mut log: Vec<EpochLog> = Vec::new();
     let steps_per_epoch = source.len().div_ceil(recipe.batch_size);
@@ -216,6 +228,9 @@ pub fn train(
             .skip(progress.step)
         {
             if ctx.stop.load(Ordering::SeqCst) || ctx.max_steps.is_some_and(|m| steps_taken >= m) {
+                if let Some(fused) = &fused {
+                    fused.write_back(&mut adam)?;
+                }
                 save_checkpoint(ctx.run, model, &adam, &progress)?;
                 return Ok(Outcome::Interrupted {
                     epoch,
@@ -231,16 +246,13 @@ pub fn train(
                 model.drop_per_group(),
                 &mut rng_for(recipe.seed, RNG_DROP, global_step, 0),
             )?;
-            let drop = Tensor::new(drop, ctx.device)?;
-            let losses = model.train_losses(&batch, &drop)?;
-            let grads = losses.loss.backward()?;
-            adam.step(&grads)?;
+            let outcome = match &mut fused {
+                Some(fused) => fused.step(&batch, &drop, adam.config())?,
+                None => autograd_step(model, &mut adam, &batch, &Tensor::new(drop, ctx.device)?)?,
+            };
 
             let n = indices.len() as f64;
-            let scalar = |t: &Tensor| -> Result<f64> {
-                Ok(t.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?)
-            };
-            let loss = scalar(&losses.loss)?;
+            let loss = outcome.loss as f64;
             if !loss.is_finite() {
                 return Err(Error::config(format!(
                     "the loss became {loss} at epoch {} step {step}; lower --lr or check the data",
@@ -249,12 +261,10 @@ pub fn train(
             }
             let sums = &mut progress.partial;
             sums.loss += loss * n;
-            sums.loss_cls += scalar(&losses.loss_cls)? * n;
-            sums.loss_sep += scalar(&losses.loss_sep)? * n;
-            sums.loss_div += scalar(&losses.loss_div)? * n;
-            let predicted = losses.logits.argmax(1)?.to_vec1::<u32>()?;
-            let truth = batch.labels.to_vec1::<u32>()?;
-            sums.correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count() as u64;
+            sums.loss_cls += outcome.loss_cls as f64 * n;
+            sums.loss_sep += outcome.loss_sep as f64 * n;
+            sums.loss_div += outcome.loss_div as f64 * n;
+            sums.correct += outcome.correct as u64;
             sums.seen += indices.len() as u64;
             sums.seconds += started.elapsed().as_secs_f64();
             progress.step = step + 1;
@@ -268,6 +278,9 @@ pub fn train(
             ));
         }
 
+        if let Some(fused) = &fused {
+            fused.write_back(&mut adam)?;
+        }
         let sums = std::mem::take(&mut progress.partial);
         let eval_accuracy = match held_out {
             Some(held_out) => {
@@ -321,6 +334,27 @@ pub fn train(
     }
     save_model(&model_tensors(model)?, "final")?;
     Ok(Outcome::Finished { log })
+}
+
+/// One step through candle's autograd: the losses, their gradients, one Adam update.
+fn autograd_step(
+    model: &dyn Trainable,
+    adam: &mut Adam,
+    batch: &Batch,
+    drop: &Tensor,
+) -> Result<StepOutcome> {
+    let losses = model.train_losses(batch, drop)?;
+    adam.step(&losses.loss.backward()?)?;
+    let predicted = losses.logits.argmax(1)?.to_vec1::<u32>()?;
+    let truth = batch.labels.to_vec1::<u32>()?;
+    let scalar = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar()?) };
+    Ok(StepOutcome {
+        loss: scalar(&losses.loss)?,
+        loss_cls: scalar(&losses.loss_cls)?,
+        loss_sep: scalar(&losses.loss_sep)?,
+        loss_div: scalar(&losses.loss_div)?,
+        correct: predicted.iter().zip(&truth).filter(|(p, t)| p == t).count(),
+    })
 }
 
 /// Accuracy and the rest on a held-out set (the model in evaluation mode).

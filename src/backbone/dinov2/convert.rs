@@ -334,7 +334,7 @@ fn graph_input_grid(graph: &GraphProto, source: &str) -> Result<usize> {
     let shape = graph.input.first().and_then(|i| i.shape());
     match shape.as_deref() {
         Some([_, Some(3), Some(h), Some(w)])
-            if h == w && *h > 0 && *h as usize % PATCH_SIZE == 0 =>
+            if h == w && *h > 0 && (*h as usize).is_multiple_of(PATCH_SIZE) =>
         {
             Ok(*h as usize / PATCH_SIZE)
         }

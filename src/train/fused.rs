@@ -1,0 +1,544 @@
+//! Fast mode's training step written out by hand. On cached features the model is an
+//! MLP mask generator, the CAFE head and its losses: a few small matrix products per
+//! step. Through candle's autograd each of the ~200 tensor operations of a step (forward,
+//! backward, Adam) allocates and dispatches on its own, which costs several times the
+//! arithmetic. Here the forward pass, the backward pass and Adam run on plain buffers:
+//! the same operations in the same f32 order as the autograd path (which the parity tests
+//! tie to PyTorch), checked against it step by step in the tests below.
+//!
+//! The parameters and Adam's moments are checked out of the model's variables into
+//! buffers once, and written back ([`FusedStep::write_back`]) before anything reads the
+//! model: evaluation, checkpoints, bundles.
+
+use crate::error::{Error, Result};
+use crate::model::ops::{matmul, Mat};
+use crate::model::{CafeConfig, Linear, NamedVar};
+use crate::train::optim::{self, Adam, AdamConfig};
+use crate::train::trainer::Batch;
+use crate::train::StepOutcome;
+use candle_core::{Device, Tensor};
+
+/// A model whose training step [`FusedStep`] can run: an MLP on the cached generator
+/// input (empty: no generator) and either CAFE's head or a plain FC on the frozen feature.
+pub struct FusedModel {
+    /// The mask generator's linear layers, input side first, ReLU between them.
+    pub generator: Vec<Linear>,
+    /// A ReLU after the generator's last layer too (the authors' restricted mask).
+    pub final_relu: bool,
+    pub fc: Linear,
+    /// CAFE's head and losses; `None` for a plain classifier on the frozen feature.
+    pub cafe: Option<CafeConfig>,
+}
+
+/// One parameter in plain memory with its gradient and Adam state.
+struct Param {
+    name: String,
+    var: candle_core::Var,
+    dims: Vec<usize>,
+    value: Vec<f32>,
+    grad: Vec<f32>,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    step: u64,
+}
+
+impl Param {
+    fn check_out((name, var): &NamedVar, adam: &Adam) -> Result<Param> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let value = flat(var.as_tensor())?;
+        let (exp_avg, exp_avg_sq, step) = adam.moments(name).ok_or_else(|| {
+            Error::config(format!("the optimiser does not hold parameter {name}"))
+        })?;
+        Ok(Param {
+            name: name.clone(),
+            var: var.clone(),
+            dims: var.dims().to_vec(),
+            grad: vec![0.0; value.len()],
+            value,
+            exp_avg: flat(exp_avg)?,
+            exp_avg_sq: flat(exp_avg_sq)?,
+            step,
+        })
+    }
+
+    fn write_back(&self, adam: &mut Adam) -> Result<()> {
+        let tensor = |v: &[f32]| Tensor::from_slice(v, self.dims.as_slice(), &Device::Cpu);
+        self.var.set(&tensor(&self.value)?)?;
+        adam.set_moments(
+            &self.name,
+            tensor(&self.exp_avg)?,
+            tensor(&self.exp_avg_sq)?,
+            self.step,
+        )
+    }
+
+    fn update(&mut self, cfg: &AdamConfig) {
+        self.step += 1;
+        optim::update_slice(
+            cfg,
+            self.step,
+            &mut self.value,
+            &self.grad,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+        );
+    }
+}
+
+/// A linear layer `y = x W^T + b` in plain memory.
+struct Dense {
+    weight: Param,
+    bias: Param,
+    input: usize,
+    output: usize,
+}
+
+impl Dense {
+    fn check_out(layer: &Linear, adam: &Adam) -> Result<Dense> {
+        let weight = Param::check_out(&layer.weight, adam)?;
+        let bias = Param::check_out(&layer.bias, adam)?;
+        let (output, input) = match weight.dims.as_slice() {
+            [o, i] => (*o, *i),
+            other => {
+                return Err(Error::config(format!(
+                    "{} has shape {other:?}, expected a matrix",
+                    weight.name
+                )))
+            }
+        };
+        Ok(Dense {
+            weight,
+            bias,
+            input,
+            output,
+        })
+    }
+
+    /// `x` [rows, input] to [rows, output].
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0.0f32; rows * self.output];
+        matmul(
+            rows,
+            self.output,
+            self.input,
+            &mut y,
+            false,
+            Mat::rows(x, self.input),
+            Mat::transposed(&self.weight.value, self.input),
+        )?;
+        for row in y.chunks_exact_mut(self.output) {
+            for (v, b) in row.iter_mut().zip(&self.bias.value) {
+                *v += b;
+            }
+        }
+        Ok(y)
+    }
+
+    /// Stores the gradients of W and b from the output gradient `dy` and the input `x`;
+    /// returns the input gradient when asked for.
+    fn backward(
+        &mut self,
+        x: &[f32],
+        dy: &[f32],
+        rows: usize,
+        input_grad: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        matmul(
+            self.output,
+            self.input,
+            rows,
+            &mut self.weight.grad,
+            false,
+            Mat::transposed(dy, self.output),
+            Mat::rows(x, self.input),
+        )?;
+        self.bias.grad.fill(0.0);
+        for row in dy.chunks_exact(self.output) {
+            for (g, d) in self.bias.grad.iter_mut().zip(row) {
+                *g += d;
+            }
+        }
+        if !input_grad {
+            return Ok(None);
+        }
+        let mut dx = vec![0.0f32; rows * self.input];
+        matmul(
+            rows,
+            self.input,
+            self.output,
+            &mut dx,
+            false,
+            Mat::rows(dy, self.output),
+            Mat::rows(&self.weight.value, self.input),
+        )?;
+        Ok(Some(dx))
+    }
+
+    fn params_mut(&mut self) -> [&mut Param; 2] {
+        [&mut self.weight, &mut self.bias]
+    }
+}
+
+/// Mean cross-entropy of `logits` [rows, classes] and the gradient of `scale` times it
+/// with respect to the logits.
+fn cross_entropy(logits: &[f32], labels: &[u32], classes: usize, scale: f32) -> (f32, Vec<f32>) {
+    let rows = labels.len();
+    let mut grad = vec![0.0f32; logits.len()];
+    let mut total = 0.0f32;
+    for ((row, g), &label) in logits
+        .chunks_exact(classes)
+        .zip(grad.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        let log_sum = sum.ln();
+        total -= row[label as usize] - max - log_sum;
+        for (gi, v) in g.iter_mut().zip(row) {
+            *gi = (v - max - log_sum).exp() * scale / rows as f32;
+        }
+        g[label as usize] -= scale / rows as f32;
+    }
+    (total / rows as f32, grad)
+}
+
+/// The maximum of each class group (channels [jc, jc + c)) of every row of `x` [rows, D],
+/// and the channel that holds it (the first of equal ones, as PyTorch's `max`).
+fn group_max(x: &[f32], dim: usize, classes: usize, group: usize) -> (Vec<f32>, Vec<usize>) {
+    let mut values = Vec::with_capacity(x.len() / dim * classes);
+    let mut at = Vec::with_capacity(values.capacity());
+    for row in x.chunks_exact(dim) {
+        for j in 0..classes {
+            let start = j * group;
+            let (mut best, mut best_at) = (row[start], start);
+            for (k, &v) in row.iter().enumerate().take(start + group).skip(start + 1) {
+                if v > best {
+                    (best, best_at) = (v, k);
+                }
+            }
+            values.push(best);
+            at.push(best_at);
+        }
+    }
+    (values, at)
+}
+
+/// The training step of a [`FusedModel`] on plain buffers.
+pub struct FusedStep {
+    generator: Vec<Dense>,
+    final_relu: bool,
+    fc: Dense,
+    cafe: Option<CafeConfig>,
+}
+
+impl FusedStep {
+    /// Copies the model's parameters and `adam`'s state for them into buffers.
+    pub fn check_out(model: FusedModel, adam: &Adam) -> Result<FusedStep> {
+        Ok(FusedStep {
+            generator: model
+                .generator
+                .iter()
+                .map(|l| Dense::check_out(l, adam))
+                .collect::<Result<_>>()?,
+            final_relu: model.final_relu,
+            fc: Dense::check_out(&model.fc, adam)?,
+            cafe: model.cafe,
+        })
+    }
+
+    /// Writes the parameters into the model's variables and the moments into `adam`.
+    pub fn write_back(&self, adam: &mut Adam) -> Result<()> {
+        for layer in self.generator.iter().chain(std::iter::once(&self.fc)) {
+            layer.weight.write_back(adam)?;
+            layer.bias.write_back(adam)?;
+        }
+        Ok(())
+    }
+
+    /// Forward, backward and one Adam update with `adam`'s hyper-parameters; `drop` is the
+    /// step's channel-drop vector [D].
+    pub fn step(&mut self, batch: &Batch, drop: &[f32], adam: &AdamConfig) -> Result<StepOutcome> {
+        let flat = |t: &Option<Tensor>, what: &str| -> Result<Vec<f32>> {
+            let t = t
+                .as_ref()
+                .ok_or_else(|| Error::config(format!("the batch lacks {what}")))?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let features = flat(&batch.features, "frozen features")?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        let rows = labels.len();
+        let dim = self.fc.input;
+        if features.len() != rows * dim {
+            return Err(Error::config(format!(
+                "frozen features of {} values for {rows} labels of width {dim}",
+                features.len()
+            )));
+        }
+
+        // The generator's activations: its input, then each layer's output after its ReLU.
+        let mut activations = Vec::with_capacity(self.generator.len() + 1);
+        if !self.generator.is_empty() {
+            activations.push(flat(&batch.mask_input, "the mask generator's input")?);
+        }
+        for (i, layer) in self.generator.iter().enumerate() {
+            let mut y = layer.forward(activations.last().expect("input pushed"), rows)?;
+            if i + 1 < self.generator.len() || self.final_relu {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            activations.push(y);
+        }
+        let mask = match (&self.cafe, activations.last()) {
+            (Some(cfg), Some(g)) if cfg.sigmoid_mask => Some(
+                g.iter()
+                    .map(|v| 1.0 / (1.0 + (-v).exp()))
+                    .collect::<Vec<f32>>(),
+            ),
+            (_, Some(g)) => Some(g.clone()),
+            (_, None) => None,
+        };
+        let selected: Vec<f32> = match &mask {
+            Some(m) => features.iter().zip(m).map(|(f, m)| f * m).collect(),
+            None => features.clone(),
+        };
+        let classes = self.fc.output;
+        let logits = self.fc.forward(&selected, rows)?;
+        let (loss_cls, mut d_logits) = cross_entropy(&logits, &labels, classes, 1.0);
+        let mut outcome = StepOutcome {
+            loss: loss_cls,
+            loss_cls,
+            loss_sep: 0.0,
+            loss_div: 0.0,
+            correct: logits
+                .chunks_exact(classes)
+                .zip(&labels)
+                .filter(|(row, &label)| argmax(row) == label as usize)
+                .count(),
+        };
+
+        let Some(cfg) = &self.cafe else {
+            self.fc.backward(&selected, &d_logits, rows, false)?;
+            self.fc
+                .params_mut()
+                .into_iter()
+                .for_each(|p| p.update(adam));
+            return Ok(outcome);
+        };
+        let group = cfg.group();
+        let (group_maxima, max_at) = group_max(&selected, dim, classes, group);
+        let c = group as f32;
+        let div_term = if cfg.paper_div {
+            group_maxima.iter().sum::<f32>() / (rows as f32 * c)
+        } else {
+            group_maxima.iter().sum::<f32>() / group_maxima.len() as f32 / c
+        };
+        let loss_div = 1.0 - div_term;
+        let dropped: Vec<f32> = selected
+            .chunks_exact(dim)
+            .flat_map(|row| row.iter().zip(drop).map(|(s, d)| s * d))
+            .collect();
+        let (dropped_maxima, dropped_at) = group_max(&dropped, dim, classes, group);
+        let lambda = cfg.lambda as f32;
+        let beta = cfg.beta as f32;
+        let (loss_sep, d_sep) = cross_entropy(&dropped_maxima, &labels, classes, lambda);
+        outcome.loss_div = loss_div;
+        outcome.loss_sep = loss_sep;
+        // The authors' order of summation.
+        outcome.loss = (loss_cls + loss_div * beta) + loss_sep * lambda;
+
+        // d loss / d selected: the FC, the diverse loss at each group maximum, the
+        // separation loss at each dropped-group maximum (through the drop vector).
+        d_logits.truncate(rows * classes);
+        let mut d_selected = self
+            .fc
+            .backward(&selected, &d_logits, rows, true)?
+            .expect("input gradient asked for");
+        let d_div = -beta
+            / if cfg.paper_div {
+                rows as f32 * c
+            } else {
+                group_maxima.len() as f32 * c
+            };
+        for (b, row) in d_selected.chunks_exact_mut(dim).enumerate() {
+            for j in 0..classes {
+                let k = max_at[b * classes + j];
+                row[k] += d_div;
+                let k = dropped_at[b * classes + j];
+                row[k] += d_sep[b * classes + j] * drop[k];
+            }
+        }
+        if let Some(mask) = &mask {
+            // d/dg of F * sigmoid(g) (or F * g), then back through the ReLUs and layers.
+            let mut d_out: Vec<f32> = d_selected
+                .iter()
+                .zip(&features)
+                .zip(mask)
+                .map(|((d, f), m)| {
+                    let dm = d * f;
+                    if cfg.sigmoid_mask {
+                        dm * (m * (1.0 - m))
+                    } else {
+                        dm
+                    }
+                })
+                .collect();
+            for i in (0..self.generator.len()).rev() {
+                if i + 1 < self.generator.len() || self.final_relu {
+                    for (d, &a) in d_out.iter_mut().zip(&activations[i + 1]) {
+                        if a <= 0.0 {
+                            *d = 0.0;
+                        }
+                    }
+                }
+                let layer = &mut self.generator[i];
+                match layer.backward(&activations[i], &d_out, rows, i > 0)? {
+                    Some(dx) => d_out = dx,
+                    None => break,
+                }
+            }
+        }
+        for layer in self
+            .generator
+            .iter_mut()
+            .chain(std::iter::once(&mut self.fc))
+        {
+            layer.params_mut().into_iter().for_each(|p| p.update(adam));
+        }
+        Ok(outcome)
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec};
+    use crate::model::{drop_vector, init_var_builder};
+    use crate::train::trainer::{model_tensors, Trainable};
+    use rand::SeedableRng;
+    use std::collections::HashMap;
+
+    /// Three steps by hand and three through autograd, from the same start, agree in
+    /// every loss, every parameter and every Adam moment, for each method and head option
+    /// the fused step covers.
+    #[test]
+    fn hand_written_steps_match_autograd() -> Result<()> {
+        let device = Device::Cpu;
+        let (rows, dim, input) = (6, 23, 13);
+        let features = Tensor::randn(0f32, 1., (rows, dim), &device)?;
+        let mask_input = Tensor::randn(0f32, 1., (rows, input), &device)?;
+        let batch = Batch {
+            images: None,
+            features: Some(features),
+            mask_input: Some(mask_input),
+            labels: Tensor::new(&[0u32, 6, 2, 2, 5, 1], &device)?,
+        };
+        let base = CafeConfig::default().with_feature_dim(dim);
+        let variants: Vec<(Method, CafeConfig, Vec<usize>)> = vec![
+            (Method::Cafe, base.clone(), vec![17]),
+            (Method::Cafe, base.clone(), vec![]),
+            (
+                Method::Cafe,
+                CafeConfig {
+                    paper_div: true,
+                    unrestricted_mask: true,
+                    ..base.clone()
+                },
+                vec![9, 11],
+            ),
+            (Method::CafeNoSigmoid, base.clone(), vec![17]),
+            (Method::CafeNoMask, base.clone(), vec![]),
+            (Method::LinearProbe, base.clone(), vec![]),
+        ];
+        for (method, cafe, hidden) in variants {
+            let spec = ModelSpec::new(
+                method,
+                cafe,
+                GeneratorSpec::Mlp {
+                    input: "test".into(),
+                    input_dim: input,
+                    hidden: hidden.clone(),
+                },
+            );
+            let what = format!("{} {hidden:?} {:?}", method.name(), spec.cafe);
+            let new_model = || Classifier::new(init_var_builder(HashMap::new(), 7, &device), &spec);
+            let (by_hand, by_autograd) = (new_model()?, new_model()?);
+            let cfg = AdamConfig {
+                lr: 0.01,
+                ..AdamConfig::default()
+            };
+            let mut adam_hand = Adam::new(by_hand.trainable_vars(), cfg.clone())?;
+            let mut adam_auto = Adam::new(by_autograd.trainable_vars(), cfg.clone())?;
+            let mut fused = FusedStep::check_out(by_hand.fused().expect("fusable"), &adam_hand)?;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            for step in 0..3 {
+                let drop = drop_vector(dim, 7, spec.cafe.drop_per_group, &mut rng)?;
+                let hand = fused.step(&batch, &drop, &cfg)?;
+                let losses = by_autograd.train_losses(&batch, &Tensor::new(drop, &device)?)?;
+                adam_auto.step(&losses.loss.backward()?)?;
+                for (name, a, b) in [
+                    ("loss", hand.loss, losses.loss.to_scalar::<f32>()?),
+                    ("cls", hand.loss_cls, losses.loss_cls.to_scalar::<f32>()?),
+                    ("sep", hand.loss_sep, losses.loss_sep.to_scalar::<f32>()?),
+                    ("div", hand.loss_div, losses.loss_div.to_scalar::<f32>()?),
+                ] {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{what} step {step} {name}: {a} vs {b}"
+                    );
+                }
+            }
+            fused.write_back(&mut adam_hand)?;
+            let hand = model_tensors(&by_hand)?;
+            for (name, auto) in model_tensors(&by_autograd)? {
+                let diff = (&hand[&name] - &auto)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                let scale = auto.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+                assert!(diff / scale < 1e-5, "{what}: {name} differs by {diff}");
+                let (m_hand, v_hand, t_hand) = adam_hand.moments(&name).expect("held");
+                let (m_auto, v_auto, t_auto) = adam_auto.moments(&name).expect("held");
+                assert_eq!(t_hand, t_auto, "{what}: {name} step count");
+                for (kind, h, a) in [("exp_avg", m_hand, m_auto), ("exp_avg_sq", v_hand, v_auto)] {
+                    let diff = (h - a)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+                    assert!(
+                        diff / scale < 1e-4,
+                        "{what}: {kind} of {name} differs by {diff}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn resnet_generators_are_not_fused() -> Result<()> {
+        let cafe = CafeConfig {
+            trunk_widths: [2, 4, 4, 8],
+            ..CafeConfig::default()
+        };
+        let spec = ModelSpec::new(
+            Method::Cafe,
+            cafe.clone(),
+            GeneratorSpec::Resnet {
+                widths: cafe.trunk_widths,
+            },
+        );
+        let model = Classifier::new(init_var_builder(HashMap::new(), 1, &Device::Cpu), &spec)?;
+        assert!(model.fused().is_none());
+        Ok(())
+    }
+}
