@@ -7,7 +7,7 @@ use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::eval::metrics::{Confusion, Metrics};
 use crate::image::{DecodeLimits, Preprocess, RgbImage};
-use crate::model::classifier::{Classifier, ModelSpec};
+use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, ModelSpec};
 use crate::train::trainer::{Batch, EvalSource, Trainable};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -31,6 +31,13 @@ impl ExpressionModel {
                 path: bundle.origin.clone(),
                 message: format!("unreadable model description: {e}"),
             })?;
+        if let Some(GeneratorSpec::Mlp { input, .. }) = &spec.generator {
+            // Refused now rather than at the first image.
+            MaskInput::from_spec_name(input).map_err(|e| Error::Bundle {
+                path: bundle.origin.clone(),
+                message: e.to_string(),
+            })?;
+        }
         let encoder = if spec.method.uses_frozen_features() {
             let weights = weights.ok_or_else(|| Error::Bundle {
                 path: bundle.origin.clone(),

@@ -337,7 +337,9 @@ impl Classifier {
                 input_dim,
                 hidden,
             }) => {
-                mask_input = Some(MaskInput::from_spec_name(input)?);
+                // An input this gfer cannot compute can still be trained on when the
+                // batches carry it; inference refuses it (see `inference_batch`).
+                mask_input = MaskInput::from_spec_name(input).ok();
                 if mask_input == Some(MaskInput::Resnet18) {
                     let net =
                         FrozenResnet::new(&vb.pp(FrozenResnet::PREFIX), spec.cafe.trunk_widths)?;
@@ -426,7 +428,8 @@ impl Classifier {
         Classifier::new(crate::model::init_var_builder(tensors, 0, device), spec)
     }
 
-    /// What the MLP mask generator reads (`None` without one).
+    /// What the MLP mask generator reads (`None` without one, or when its recorded input
+    /// is not one this gfer can compute).
     pub fn mask_input(&self) -> Option<MaskInput> {
         self.mask_input
     }
@@ -446,6 +449,11 @@ impl Classifier {
         encoder: Option<&dyn Encoder>,
         preset: Preset,
     ) -> Result<Batch> {
+        if let (None, Some(GeneratorSpec::Mlp { input, .. })) =
+            (self.mask_input, &self.spec.generator)
+        {
+            MaskInput::from_spec_name(input)?;
+        }
         let needs_encoder = self.spec.method.uses_frozen_features()
             || matches!(
                 self.mask_input,
@@ -696,6 +704,21 @@ mod tests {
             *input_dim = 9;
         }
         assert!(Classifier::new(init_var_builder(HashMap::new(), 1, &device), &wrong).is_err());
+        // An input this gfer cannot compute trains when batches carry it, but inference
+        // refuses it by name.
+        let mut unknown = spec.clone();
+        if let Some(GeneratorSpec::Mlp { input, .. }) = &mut unknown.generator {
+            *input = "frozen-vgg".into();
+        }
+        let model = Classifier::new(init_var_builder(HashMap::new(), 1, &device), &unknown)?;
+        assert_eq!(model.mask_input(), None);
+        assert_eq!(model.logits(&batch)?.dims(), [2, 7]);
+        let err = model
+            .inference_batch(images, None, Preset::Cafe)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("frozen-vgg"), "{err}");
         Ok(())
     }
 
