@@ -7,10 +7,10 @@
 use crate::data::Split;
 use crate::domains::{self, BuildOptions};
 use crate::error::{Error, Result};
-use crate::eval::protocol::{self, Named, ProtocolConfig};
+use crate::eval::protocol::{self, MethodVariant, Named, ProtocolConfig};
 use crate::eval::table::AccuracyTable;
 use crate::image::{DecodeLimits, Preset};
-use crate::model::classifier::Method;
+use crate::model::classifier::{MaskInput, Method};
 use crate::model::CafeConfig;
 use crate::predict::{ImagePrediction, PredictOptions, Predictor};
 use crate::train::session::{FastConfig, TrainConfig};
@@ -148,7 +148,10 @@ pub fn run(
             named("openmoji", None)?,
             named("photos", None)?,
         ],
-        methods: vec![Method::Cafe, Method::LinearProbe, Method::CafeNoMask],
+        methods: [Method::Cafe, Method::LinearProbe, Method::CafeNoMask]
+            .into_iter()
+            .map(|m| MethodVariant::fast(m, MaskInput::Feature))
+            .collect(),
         base: TrainConfig {
             data: String::new(),
             backbone: None,
@@ -164,10 +167,11 @@ pub fn run(
                 ..Recipe::default()
             },
             max_pixels: DecodeLimits::default().max_pixels,
-            fast: Some(FastConfig {
-                views: options.views,
-                ..FastConfig::default()
-            }),
+            fast: None,
+        },
+        fast: FastConfig {
+            views: options.views,
+            ..FastConfig::default()
         },
         out: options.out.join("protocol"),
         reference_paper: false,
@@ -177,7 +181,8 @@ pub fn run(
 
     let bundle = options
         .out
-        .join("protocol/runs/avatars/cafe/model.safetensors");
+        .join("protocol/runs/avatars")
+        .join(MethodVariant::fast(Method::Cafe, MaskInput::Feature).slug() + "/model.safetensors");
     let predictor =
         Predictor::from_bundle(&bundle, Some(&encoder), device, PredictOptions::default())?;
     let mut predictions = Vec::new();

@@ -7,8 +7,8 @@ use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::eval::metrics::{Confusion, Metrics};
 use crate::image::{DecodeLimits, Preprocess, RgbImage};
-use crate::model::classifier::{Classifier, ModelSpec};
-use crate::train::trainer::{EvalSource, Trainable};
+use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, ModelSpec};
+use crate::train::trainer::{Batch, EvalSource, Trainable};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
@@ -31,6 +31,13 @@ impl ExpressionModel {
                 path: bundle.origin.clone(),
                 message: format!("unreadable model description: {e}"),
             })?;
+        if let Some(GeneratorSpec::Mlp { input, .. }) = &spec.generator {
+            // Refused now rather than at the first image.
+            MaskInput::from_spec_name(input).map_err(|e| Error::Bundle {
+                path: bundle.origin.clone(),
+                message: e.to_string(),
+            })?;
+        }
         let encoder = if spec.method.uses_frozen_features() {
             let weights = weights.ok_or_else(|| Error::Bundle {
                 path: bundle.origin.clone(),
@@ -66,14 +73,25 @@ impl ExpressionModel {
         &self.device
     }
 
+    /// The model's inputs for `[B,3,S,S]` preprocessed pixels: the frozen feature and
+    /// whatever the mask generator reads (an encoder block's mean patch token, the frozen
+    /// ResNet-18's pooled feature), computed as they were cached for training.
+    pub fn inference_batch(&self, pixels: &Tensor) -> Result<Batch> {
+        self.classifier.inference_batch(
+            pixels.clone(),
+            self.encoder.as_deref(),
+            self.meta.preprocess.preset,
+        )
+    }
+
     /// `[B,3,S,S]` preprocessed pixels -> `[B,C]` logits.
     pub fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
-        let features = match &self.encoder {
-            Some(encoder) => Some(encoder.encode(pixels)?),
-            None => None,
-        };
-        let batch = self.classifier.inference_batch(pixels.clone(), features)?;
-        self.classifier.logits(&batch)
+        self.classifier.logits(&self.inference_batch(pixels)?)
+    }
+
+    /// The trained model (e.g. to read its frozen ResNet-18).
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
     }
 
     /// `[B,3,S,S]` preprocessed pixels -> `[B,C]` class probabilities.

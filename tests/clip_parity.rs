@@ -237,3 +237,31 @@ fn full_size_vit_b32_matches_transformers() {
     }
     assert_eq!(inferred.fingerprint(), named.fingerprint());
 }
+
+#[test]
+fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
+    let (pixels, embeds) = io(&common::fixture("clip/tiny_io.safetensors"));
+    let reference = candle_core::safetensors::load(
+        common::fixture("clip/tiny_tokens.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // The head count cannot be inferred from the shapes: name the tiny shape.
+    let encoder =
+        ClipVisionEncoder::load_with(&common::tiny_clip(), Some(&tiny_config()), &Device::Cpu)
+            .unwrap();
+    assert_eq!((encoder.layers(), encoder.token_dim()), (2, 64));
+    for layer in 1..=2 {
+        let (feature, tokens) = encoder.encode_with_tokens(&pixels, layer).unwrap();
+        // The last block keeps all its tokens here; the feature is still encode_image.
+        let e = relative_error(&feature, &embeds);
+        assert!(e < RELATIVE_TOLERANCE, "layer {layer}: feature error {e}");
+        let error = relative_error(&tokens, &reference[&format!("layer{layer}")]);
+        eprintln!("tiny CLIP block {layer} mean patch token vs transformers: {error:.2e}");
+        assert!(
+            error < RELATIVE_TOLERANCE,
+            "block {layer}: relative error {error}"
+        );
+    }
+    assert!(encoder.encode_with_tokens(&pixels, 3).is_err());
+}

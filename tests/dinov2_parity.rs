@@ -174,3 +174,29 @@ fn meta_layout_matches_transformers_with_metas_position_resize() {
     let difference = relative_error(&meta.encode(&pixels).unwrap(), &hf.encode(&pixels).unwrap());
     assert!(difference < 1e-6, "{difference}");
 }
+
+#[test]
+fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
+    let path = common::fixture("dinov2/tiny_hf.safetensors");
+    let reference = gfer::tensorfile::load(
+        &common::fixture("dinov2/tiny_tokens.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let encoder = Dinov2Encoder::load(&path, &Device::Cpu).unwrap();
+    assert_eq!((encoder.layers(), encoder.token_dim()), (2, 64));
+    let pixels = formula_pixels(2);
+    let feature = encoder.encode(&pixels).unwrap();
+    for layer in 1..=2 {
+        let (same, tokens) = encoder.encode_with_tokens(&pixels, layer).unwrap();
+        // One pass gives the usual feature too.
+        assert!(relative_error(&same, &feature) < 1e-6);
+        let error = relative_error(&tokens, &reference.tensors[&format!("layer{layer}")]);
+        eprintln!("tiny DINOv2 block {layer} mean patch token vs transformers: {error:.2e}");
+        assert!(error < 1e-4, "block {layer}: relative error {error}");
+    }
+    for layer in [0, 3] {
+        let err = encoder.encode_with_tokens(&pixels, layer).unwrap_err();
+        assert!(err.to_string().contains("blocks 1..=2"), "{err}");
+    }
+}

@@ -1,13 +1,13 @@
 //! Training end to end on generated data with the tiny CLIP fixture: the full recipe
-//! resumes to identical weights, fast mode learns, bundles load in eval, the feature cache
-//! recomputes exactly what a change affects, bad checkpoints are refused clearly.
+//! resumes to identical weights, fast mode learns with each of its mask generators,
+//! bundles load in eval and predict, bad checkpoints are refused clearly.
 
 mod common;
 
 use candle_core::Device;
 use gfer::image::Preset;
 use gfer::inference::ExpressionModel;
-use gfer::model::classifier::Method;
+use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
 use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
 use gfer::train::trainer::Recipe;
@@ -137,7 +137,8 @@ fn a_truncated_or_foreign_checkpoint_is_refused_clearly() {
         1,
         Some(FastConfig {
             views: 1,
-            hidden: vec![],
+            generator: Default::default(),
+            hidden: Some(vec![]),
             cache_dir: dir.path().join("cache"),
         }),
     );
@@ -188,7 +189,8 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
     let spec = format!("folder:{}", dir.path().join("data").display());
     let fast = FastConfig {
         views: 2,
-        hidden: vec![32],
+        generator: Default::default(),
+        hidden: Some(vec![32]),
         cache_dir: dir.path().join("cache"),
     };
     let cfg = config(spec.clone(), Method::Cafe, 15, Some(fast));
@@ -238,4 +240,261 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
         .expect("refused")
         .to_string();
     assert!(err.contains("fingerprint"), "{err}");
+}
+
+/// Fast mode with `generator` on generated data, end to end: it learns; its bundle
+/// records the generator, evaluates to the training run's held-out accuracy through
+/// ExpressionModel and the `gfer eval` binary, computes the generator's input at
+/// inference exactly as the cache holds it, and predicts through the Predictor as the
+/// model does. Returns the bundle's tensors.
+fn fast_generator_end_to_end(
+    generator: MaskInput,
+    hidden: Option<Vec<usize>>,
+    mask_init: Option<std::path::PathBuf>,
+    dir: &Path,
+) -> std::collections::HashMap<String, Vec<f32>> {
+    common::write_folder_dataset(&dir.join("data"), 12, 6);
+    let spec = format!("folder:{}", dir.join("data").display());
+    let fast = FastConfig {
+        views: 2,
+        generator,
+        hidden,
+        cache_dir: dir.join("cache"),
+    };
+    let mut cfg = config(spec.clone(), Method::Cafe, 15, Some(fast));
+    // Larger steps than the feature generator's test: with 16 random ResNet channels or
+    // first-block tokens as the mask's input, 15 epochs at 2e-3 leave the synthetic task
+    // half learnt (the test is about the pipeline, not the optimiser).
+    cfg.recipe.lr = 1e-2;
+    cfg.mask_init = mask_init;
+    let report = match train(&cfg, &dir.join("run"), None) {
+        RunOutcome::Finished(report) => report,
+        RunOutcome::Interrupted { .. } => panic!("not interrupted"),
+    };
+    let held_out = report.held_out.expect("the test split is evaluated");
+    // Seven classes: chance is 14%.
+    assert!(
+        held_out.accuracy > 0.6,
+        "{generator}: held-out accuracy {}",
+        held_out.accuracy
+    );
+
+    let weights = common::tiny_clip();
+    let model =
+        ExpressionModel::load(&report.bundle, Some(&weights), &Device::Cpu).expect("bundle loads");
+    let recorded = &model.meta.model["generator"];
+    assert_eq!(recorded["kind"], "mlp", "{recorded}");
+    assert_eq!(
+        recorded["input"].as_str(),
+        Some(generator.spec_name().as_str())
+    );
+    assert_eq!(model.classifier().mask_input(), Some(generator));
+
+    // The same accuracy through the path of `gfer eval`...
+    let dataset = gfer::data::open(&spec, &Default::default()).expect("data");
+    let test = dataset.split(gfer::data::Split::Test);
+    let (metrics, failures) = model
+        .evaluate(
+            &test,
+            16,
+            &Default::default(),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .expect("evaluate");
+    assert!(failures.is_empty());
+    assert_eq!(metrics.total, 42);
+    assert!(
+        (metrics.accuracy - held_out.accuracy).abs() < 1e-9,
+        "{generator}: eval {} vs training {}",
+        metrics.accuracy,
+        held_out.accuracy
+    );
+    // ...and through the binary itself.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(["eval", "--json", "--model"])
+        .arg(&report.bundle)
+        .arg("--weights")
+        .arg(&weights)
+        .args(["--data", &spec])
+        .output()
+        .expect("gfer eval runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let accuracy = json["results"][&spec]["metrics"]["accuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!(
+        (accuracy - held_out.accuracy).abs() < 1e-9,
+        "{generator}: gfer eval {accuracy} vs training {}",
+        held_out.accuracy
+    );
+
+    // Inference computes the generator's input as the cache holds it (clean views).
+    let encoder = gfer::backbone::load_encoder(None, &weights, &Device::Cpu).expect("encoder");
+    let mask = match generator {
+        MaskInput::Resnet18 => Some(gfer::train::cache::MaskSource::Resnet(
+            model.classifier().frozen_resnet().expect("frozen ResNet"),
+        )),
+        MaskInput::Tokens(layer) => Some(gfer::train::cache::MaskSource::Tokens(layer)),
+        MaskInput::Feature => None,
+    };
+    let key = gfer::train::cache::CacheKey {
+        encoder: encoder.as_ref(),
+        preprocess: model.preprocess(),
+        seed: cfg.recipe.seed,
+        views: 2,
+        mask,
+    };
+    let cached_path = key
+        .mask_clean_path(&dir.join("cache"))
+        .unwrap_or_else(|| key.clean_path(&dir.join("cache")));
+    let cached = gfer::train::cache::CachedFeatures::open(&cached_path).expect("cached inputs");
+    let images: Vec<image::RgbImage> = test
+        .iter()
+        .take(9)
+        .map(|s| s.source.load(&Default::default()).expect("image"))
+        .collect();
+    let pixels = model
+        .preprocess()
+        .batch(&images, &Device::Cpu)
+        .expect("pixels");
+    let batch = model.inference_batch(&pixels).expect("inference batch");
+    let computed = batch
+        .mask_input
+        .expect("the generator's input")
+        .to_vec2::<f32>()
+        .expect("values");
+    for (image, row) in images.iter().zip(&computed) {
+        let r = cached
+            .row_of(&gfer::image::content_hash(image))
+            .expect("cached");
+        let expected = cached.get(r, 0);
+        let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = row
+            .iter()
+            .zip(expected)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst / scale < 1e-4,
+            "{generator}: inference input differs from the cache by {worst} (scale {scale})"
+        );
+    }
+
+    // The Predictor (predict, serve) classifies as the model does.
+    let predictor = gfer::predict::Predictor::from_bundle(
+        &report.bundle,
+        Some(&weights),
+        &Device::Cpu,
+        gfer::predict::PredictOptions {
+            detect: false,
+            batch_size: 4,
+            ..Default::default()
+        },
+    )
+    .expect("predictor");
+    let expected = model.classify_images(&images).expect("classify");
+    let predicted = predictor.predict_batch(&images).expect("predict");
+    for (p, e) in predicted.iter().zip(&expected) {
+        assert_eq!(p.faces.len(), 1);
+        let face = &p.faces[0];
+        assert_eq!(
+            face.label,
+            gfer::Expression::names()[gfer::inference::argmax(e)]
+        );
+        for (a, b) in face.probabilities.iter().zip(e) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+    tensors(&report.bundle)
+}
+
+#[test]
+fn fast_mode_with_a_frozen_resnet18_generator_learns_and_its_bundle_carries_the_resnet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoint = dir.path().join("resnet.safetensors");
+    common::write_tiny_resnet(&checkpoint, 11);
+
+    // Without its weights the generator is refused, saying how to give them.
+    let mut cfg = config(
+        "folder:/unused".into(),
+        Method::Cafe,
+        1,
+        Some(FastConfig {
+            generator: MaskInput::Resnet18,
+            ..FastConfig::default()
+        }),
+    );
+    let progress = indicatif::ProgressBar::hidden();
+    let err = session::run(
+        &cfg,
+        &dir.path().join("refused"),
+        &AtomicBool::new(false),
+        None,
+        &progress,
+        &Device::Cpu,
+    )
+    .err()
+    .expect("refused without --mask-init")
+    .to_string();
+    assert!(err.contains("--mask-init"), "{err}");
+    cfg.mask_init = Some(checkpoint.clone());
+
+    let bundle = fast_generator_end_to_end(
+        MaskInput::Resnet18,
+        None,
+        Some(checkpoint.clone()),
+        dir.path(),
+    );
+    // One trainable linear layer (16 -> 32) by default, and the frozen ResNet's tensors,
+    // exactly the checkpoint's, under their own prefix.
+    let checkpoint = tensors(&checkpoint);
+    assert_eq!(bundle["mask_mlp.0.weight"].len(), 32 * 16);
+    assert!(!bundle.contains_key("mask_mlp.1.weight"));
+    for (name, values) in &checkpoint {
+        assert_eq!(
+            bundle.get(&format!("frozen_resnet.{name}")),
+            Some(values),
+            "frozen_resnet.{name}"
+        );
+    }
+    assert!(!bundle.contains_key("conv1.weight"));
+}
+
+#[test]
+fn fast_mode_with_an_encoder_token_generator_learns_and_evaluates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The tiny CLIP has two blocks of width 64.
+    let mut cfg = config(
+        "folder:/unused".into(),
+        Method::Cafe,
+        1,
+        Some(FastConfig {
+            generator: MaskInput::Tokens(3),
+            ..FastConfig::default()
+        }),
+    );
+    common::write_folder_dataset(&dir.path().join("few"), 1, 1);
+    cfg.data = format!("folder:{}", dir.path().join("few").display());
+    let progress = indicatif::ProgressBar::hidden();
+    let err = session::run(
+        &cfg,
+        &dir.path().join("refused"),
+        &AtomicBool::new(false),
+        None,
+        &progress,
+        &Device::Cpu,
+    )
+    .err()
+    .expect("no block 3")
+    .to_string();
+    assert!(err.contains("tokens:3") && err.contains("1..=2"), "{err}");
+
+    let bundle = fast_generator_end_to_end(MaskInput::Tokens(1), Some(vec![32]), None, dir.path());
+    assert_eq!(bundle["mask_mlp.0.weight"].len(), 32 * 64);
+    assert_eq!(bundle["mask_mlp.1.weight"].len(), 32 * 32);
+    assert!(!bundle.keys().any(|k| k.starts_with("frozen_resnet.")));
 }

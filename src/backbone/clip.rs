@@ -754,14 +754,46 @@ impl Encoder for ClipVisionEncoder {
     }
 
     fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(pixels, None)?.0)
+    }
+
+    fn layers(&self) -> usize {
+        self.config.layers
+    }
+
+    fn token_dim(&self) -> usize {
+        self.config.width
+    }
+
+    fn encode_with_tokens(&self, pixels: &Tensor, layer: usize) -> Result<(Tensor, Tensor)> {
+        super::check_layer(self, layer)?;
+        let (feature, tokens) = self.forward(pixels, Some(layer))?;
+        let tokens = tokens.ok_or_else(|| Error::config("no tokens were kept"))?;
+        Ok((feature, tokens))
+    }
+}
+
+impl ClipVisionEncoder {
+    /// `encode_image`, and with `layer` the mean patch token after that block (from 1).
+    fn forward(&self, pixels: &Tensor, layer: Option<usize>) -> Result<(Tensor, Option<Tensor>)> {
         let pixels = pixels.to_device(&self.device)?.to_dtype(DType::F32)?;
         let batch = pixels.dim(0)?;
         let mut x = self.ln_pre.forward(&self.embed(&pixels)?)?;
+        let mut kept = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let last = i + 1 == self.blocks.len();
-            x = block.forward(&x, batch, self.config.heads, last)?;
+            // The last block computes the class token only, unless its tokens are kept.
+            x = block.forward(&x, batch, self.config.heads, last && layer != Some(i + 1))?;
+            if layer == Some(i + 1) {
+                let width = x.dim(1)?;
+                let tokens = x.reshape((batch, x.dim(0)? / batch, width))?;
+                kept = Some(super::mean_patch_token(&tokens)?);
+                if last {
+                    x = class_rows(&x, batch)?;
+                }
+            }
         }
-        Ok(self.ln_post.forward(&x)?.matmul(&self.proj)?)
+        Ok((self.ln_post.forward(&x)?.matmul(&self.proj)?, kept))
     }
 }
 

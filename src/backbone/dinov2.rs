@@ -635,6 +635,16 @@ impl Dinov2Encoder {
     /// All final-layernorm tokens: `[B,3,S,S]` -> `[B, 1 + (S/14)^2, D]`, CLS first, then
     /// the patches in row-major order.
     pub fn forward_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_keeping(pixels, None)?.0)
+    }
+
+    /// [`Self::forward_tokens`], and with `layer` the mean patch token after that block
+    /// (counted from 1, before the final layernorm).
+    fn forward_keeping(
+        &self,
+        pixels: &Tensor,
+        layer: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let size = self.options.input_size;
         let (batch, channels, height, width) = pixels.dims4().map_err(|_| {
             Error::config(format!(
@@ -662,10 +672,27 @@ impl Dinov2Encoder {
         let cls = self.cls_token.broadcast_as((batch, 1, dim))?;
         let mut x =
             Tensor::cat(&[&cls, &patch_tokens], 1)?.broadcast_add(&self.position_embeddings)?;
-        for block in &self.blocks {
+        let mut kept = None;
+        for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, self.config.heads())?;
+            if layer == Some(i + 1) {
+                kept = Some(crate::backbone::mean_patch_token(&x)?);
+            }
         }
-        Ok(self.layernorm.forward(&x)?)
+        Ok((self.layernorm.forward(&x)?, kept))
+    }
+
+    /// The feature [`Encoder::encode`] returns, from the final-layernorm tokens.
+    fn feature_of(&self, tokens: &Tensor) -> Result<Tensor> {
+        let cls = tokens.i((.., 0))?;
+        Ok(match self.options.output {
+            Dinov2Output::Cls => cls,
+            Dinov2Output::ClsAndMeanPatch => {
+                let patch_count = tokens.dim(1)? - 1;
+                let mean_patch = tokens.narrow(1, 1, patch_count)?.mean(D::Minus2)?;
+                Tensor::cat(&[&cls, &mean_patch], 1)?
+            }
+        })
     }
 }
 
@@ -802,16 +829,22 @@ impl Encoder for Dinov2Encoder {
     }
 
     fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        let tokens = self.forward_tokens(pixels)?;
-        let cls = tokens.i((.., 0))?;
-        Ok(match self.options.output {
-            Dinov2Output::Cls => cls,
-            Dinov2Output::ClsAndMeanPatch => {
-                let patch_count = tokens.dim(1)? - 1;
-                let mean_patch = tokens.narrow(1, 1, patch_count)?.mean(D::Minus2)?;
-                Tensor::cat(&[&cls, &mean_patch], 1)?
-            }
-        })
+        self.feature_of(&self.forward_tokens(pixels)?)
+    }
+
+    fn layers(&self) -> usize {
+        self.config.layers
+    }
+
+    fn token_dim(&self) -> usize {
+        self.config.width
+    }
+
+    fn encode_with_tokens(&self, pixels: &Tensor, layer: usize) -> Result<(Tensor, Tensor)> {
+        crate::backbone::check_layer(self, layer)?;
+        let (tokens, kept) = self.forward_keeping(pixels, Some(layer))?;
+        let kept = kept.ok_or_else(|| Error::config("no tokens were kept"))?;
+        Ok((self.feature_of(&tokens)?, kept))
     }
 }
 

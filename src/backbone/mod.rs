@@ -24,6 +24,35 @@ pub trait Encoder: Send + Sync {
     fn fingerprint(&self) -> &str;
     /// `[B,3,S,S]` preprocessed pixels -> `[B,D]` f32 features.
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
+    /// Number of transformer blocks: the layers [`Encoder::encode_with_tokens`] accepts
+    /// are `1..=layers()`.
+    fn layers(&self) -> usize;
+    /// Width of the intermediate tokens (the transformer width, e.g. 768 for ViT-B/32).
+    fn token_dim(&self) -> usize;
+    /// One forward pass giving both the final feature `[B,D]` (as [`Encoder::encode`])
+    /// and the mean of the patch tokens (class token left out) output by block `layer`,
+    /// counted from 1 (transformers' `hidden_states[layer]`: the residual stream after
+    /// that block, before any final norm), `[B,W]`.
+    fn encode_with_tokens(&self, pixels: &Tensor, layer: usize) -> Result<(Tensor, Tensor)>;
+}
+
+/// The error for a block number outside `1..=layers`.
+pub(crate) fn check_layer(encoder: &dyn Encoder, layer: usize) -> Result<()> {
+    if layer == 0 || layer > encoder.layers() {
+        return Err(crate::error::Error::config(format!(
+            "{} has blocks 1..={}; there is no block {layer} to take tokens from",
+            encoder.id(),
+            encoder.layers()
+        )));
+    }
+    Ok(())
+}
+
+/// The mean over the patch tokens (every token but the first, the class token) of a
+/// `[B,T,W]` sequence: `[B,W]`.
+pub(crate) fn mean_patch_token(tokens: &Tensor) -> Result<Tensor> {
+    let count = tokens.dim(1)? - 1;
+    Ok(tokens.narrow(1, 1, count)?.mean(1)?)
 }
 
 /// The published backbones gfer knows by name (`--backbone`).

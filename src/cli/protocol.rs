@@ -1,7 +1,7 @@
 //! `gfer protocol`: the cross-domain experiment of the paper in one command.
 
 use clap::Args;
-use gfer::eval::protocol::{self, name_specs, ProtocolConfig};
+use gfer::eval::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
 use gfer::model::classifier::Method;
 use std::path::PathBuf;
 
@@ -9,12 +9,14 @@ use std::path::PathBuf;
 #[command(
     about = "Train on each source, test on every target: the paper's cross-domain table",
     long_about = "For every source data set and every method: trains on the source's train \
-split (runs kept under OUT/runs/SOURCE/METHOD, so a rerun continues where it stopped), \
+split (runs kept under OUT/runs/SOURCE/VARIANT, so a rerun continues where it stopped), \
 evaluates on every target's test split (val when it has none), and writes OUT/table.md, \
 table.csv and table.json (sources x targets, mean over all targets and over the unseen ones), \
-OUT/per_class.md and, for every cell, OUT/cells/METHOD/SOURCE__TARGET.{json,png} (metrics and \
-a confusion-matrix image). Name data sets with NAME=SPEC (e.g. raf=rafdb:/data/raf-basic); \
-a target with the same name as the source counts as seen."
+OUT/per_class.md and, for every cell, OUT/cells/VARIANT/SOURCE__TARGET.{json,png} (metrics and \
+a confusion-matrix image). Full and fast variants of a method can share one table \
+(--method cafe:full,cafe:fast); each has its own run folder OUT/runs/SOURCE/VARIANT \
+(e.g. cafe-full, cafe-fast, cafe-fast-resnet18). Name data sets with NAME=SPEC (e.g. \
+raf=rafdb:/data/raf-basic); a target with the same name as the source counts as seen."
 )]
 pub struct ProtocolArgs {
     /// Source data sets to train on (repeat the flag or separate with commas).
@@ -23,14 +25,19 @@ pub struct ProtocolArgs {
     /// Target data sets to test on.
     #[arg(long = "target", required = true, value_delimiter = ',')]
     targets: Vec<String>,
-    /// Methods to compare, side by side in one table.
+    /// Methods to compare, side by side in one table, each as METHOD[:VARIANT]: `cafe`
+    /// (the variant --fast selects: fast with --generator, else full), `cafe:full` (the
+    /// authors' recipe), `cafe:fast` (fast mode with --generator), `cafe:fast:GENERATOR`
+    /// (fast mode with GENERATOR: feature, resnet18, tokens:LAYER). E.g.
+    /// `--method cafe:full,cafe:fast,cafe:fast:tokens:6,linear-probe:fast`. Rows are
+    /// labelled METHOD:full, METHOD:fast or METHOD:fast:GENERATOR.
     #[arg(
         long = "method",
-        value_enum,
         value_delimiter = ',',
-        default_value = "cafe"
+        default_value = "cafe",
+        value_name = "METHOD[:full|:fast[:GENERATOR]]"
     )]
-    methods: Vec<Method>,
+    methods: Vec<String>,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -45,11 +52,19 @@ pub fn run(args: ProtocolArgs) -> anyhow::Result<()> {
     let device = super::device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
+    let default = args.train.fast.then_some(args.train.generator);
+    let methods = args
+        .methods
+        .iter()
+        .map(|m| MethodVariant::parse(m, default))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("--method {e}"))?;
     let cfg = ProtocolConfig {
         sources: name_specs(&args.sources),
         targets: name_specs(&args.targets),
-        methods: args.methods,
+        methods,
         base: args.train.config(String::new(), Method::Cafe),
+        fast: args.train.fast_config(),
         out: args.out.clone(),
         reference_paper: args.reference.is_some(),
     };

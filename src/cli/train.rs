@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use gfer::backbone::Backbone;
 use gfer::image::{DecodeLimits, Preset};
-use gfer::model::classifier::Method;
+use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
 use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
 use gfer::train::trainer::Recipe;
@@ -91,16 +91,31 @@ pub struct TrainingFlags {
     #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     pub max_pixels: u64,
     /// Fast mode: train on cached frozen features (K augmented views per image) with an
-    /// MLP mask generator on the feature, instead of running the encoder and a ResNet-18
-    /// on every augmented image. Practical on a CPU.
+    /// MLP mask generator (see --generator), instead of running the encoder and a
+    /// ResNet-18 on every augmented image. Practical on a CPU.
     #[arg(long)]
     pub fast: bool,
     /// Fast mode: augmented views cached per training image.
     #[arg(long, default_value_t = FastConfig::default().views)]
     pub views: usize,
-    /// Fast mode: hidden widths of the MLP mask generator (comma-separated; empty for one linear layer).
-    #[arg(long, value_delimiter = ',', default_value = "512")]
-    pub mlp_hidden: Vec<usize>,
+    /// Fast mode: what the MLP mask generator reads, cached per view beside the encoder
+    /// features. `feature`: the frozen feature F itself. `resnet18`: the pooled 512-d
+    /// output of a frozen ResNet-18 (weights from --mask-init, required; eval-mode
+    /// BatchNorm; it sees the encoder's view, ImageNet-normalised), through one trainable
+    /// linear layer unless --mlp-hidden says otherwise; the bundle carries the ResNet.
+    /// `tokens:LAYER`: the mean of the patch tokens after encoder block LAYER (from 1,
+    /// i.e. transformers' hidden_states[LAYER]).
+    #[arg(
+        long,
+        default_value = "feature",
+        value_name = "feature|resnet18|tokens:LAYER"
+    )]
+    pub generator: MaskInput,
+    /// Fast mode: hidden widths of the MLP mask generator (comma-separated; the flag
+    /// alone, with no value, for one linear layer). Default: 512 for `feature` and
+    /// `tokens:LAYER`, none (one linear layer) for `resnet18`.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub mlp_hidden: Option<Vec<usize>>,
     /// Fast mode: the feature cache folder.
     #[arg(long, default_value = "runs/cache")]
     pub cache: PathBuf,
@@ -134,11 +149,18 @@ impl TrainingFlags {
                 seed: self.seed,
             },
             max_pixels: self.max_pixels,
-            fast: self.fast.then(|| FastConfig {
-                views: self.views,
-                hidden: self.mlp_hidden.clone(),
-                cache_dir: self.cache.clone(),
-            }),
+            fast: self.fast.then(|| self.fast_config()),
+        }
+    }
+
+    /// The fast-mode settings the flags give (used whether or not --fast is set: `gfer
+    /// protocol` runs fast variants beside full ones).
+    pub fn fast_config(&self) -> FastConfig {
+        FastConfig {
+            views: self.views,
+            generator: self.generator,
+            hidden: self.mlp_hidden.clone(),
+            cache_dir: self.cache.clone(),
         }
     }
 }

@@ -3,6 +3,11 @@
 //! sources x targets accuracy table (Markdown, CSV, JSON), per-class tables and
 //! confusion-matrix images for every cell.
 //!
+//! A method runs in one or more variants ([`MethodVariant`]): the full recipe, or fast
+//! mode with one of its mask generators, so both come out side by side in one table; each
+//! variant has its own run folder and row label (`cafe:full`, `cafe:fast`,
+//! `cafe:fast:resnet18`, ...).
+//!
 //! Frozen features of the evaluation images are cached (in `OUT/cache`, shared by every
 //! method and, in fast mode, with training), so each image is encoded once per backbone.
 
@@ -14,11 +19,13 @@ use crate::eval::report::confusion_image;
 use crate::eval::table::{AccuracyTable, TableRow};
 use crate::image::{DecodeLimits, Preprocess};
 use crate::inference::ExpressionModel;
-use crate::model::classifier::{GeneratorSpec, Method, ModelSpec};
+use crate::model::classifier::{GeneratorSpec, MaskInput, Method};
 use crate::tensorfile::write_atomically;
-use crate::train::cache::{self, CacheKey, CachedFeatures};
+use crate::train::cache::{self, CacheKey, CachedFeatures, MaskSource};
 use crate::train::pixels::LabelledImages;
-use crate::train::session::{self, held_out_split, usable_samples, RunOutcome, TrainConfig};
+use crate::train::session::{
+    self, held_out_split, usable_samples, FastConfig, RunOutcome, TrainConfig,
+};
 use crate::train::trainer::{Batch, EvalSource};
 use crate::Expression;
 use candle_core::{Device, Tensor};
@@ -60,12 +67,104 @@ pub fn name_specs(specs: &[String]) -> Vec<Named> {
     out
 }
 
+/// A method in one variant: the authors' full recipe, or fast mode (cached frozen
+/// features) with a mask generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodVariant {
+    pub method: Method,
+    /// `None`: the full recipe; `Some(generator)`: fast mode with that mask generator.
+    pub fast: Option<MaskInput>,
+}
+
+impl MethodVariant {
+    pub fn full(method: Method) -> Self {
+        MethodVariant { method, fast: None }
+    }
+
+    pub fn fast(method: Method, generator: MaskInput) -> Self {
+        MethodVariant {
+            method,
+            fast: Some(generator),
+        }
+    }
+
+    /// `METHOD` (the variant `default` says: what `--fast` selects), `METHOD:full`,
+    /// `METHOD:fast` (fast mode with `default`'s generator, or `feature`), or
+    /// `METHOD:fast:GENERATOR` (`feature`, `resnet18`, `tokens:LAYER`).
+    pub fn parse(text: &str, default: Option<MaskInput>) -> std::result::Result<Self, String> {
+        let (name, variant) = match text.split_once(':') {
+            Some((name, variant)) => (name, Some(variant)),
+            None => (text, None),
+        };
+        let method = <Method as clap::ValueEnum>::from_str(name, false).map_err(|_| {
+            let known: Vec<&str> = <Method as clap::ValueEnum>::value_variants()
+                .iter()
+                .map(|m| m.name())
+                .collect();
+            format!("'{name}' is not a method ({})", known.join(", "))
+        })?;
+        let fast = match variant {
+            None => default,
+            Some("full") => None,
+            Some("fast") => Some(default.unwrap_or_default()),
+            Some(other) => match other.strip_prefix("fast:") {
+                Some(generator) => Some(generator.parse()?),
+                None => {
+                    return Err(format!(
+                        "'{text}': the variant after '{name}:' is full, fast or fast:GENERATOR"
+                    ))
+                }
+            },
+        };
+        Ok(MethodVariant { method, fast })
+    }
+
+    /// The generator that matters: methods without a mask generator read F whatever
+    /// the flag says.
+    fn generator(&self) -> Option<MaskInput> {
+        self.fast.map(|g| {
+            if self.method.uses_generator() {
+                g
+            } else {
+                MaskInput::Feature
+            }
+        })
+    }
+
+    /// The row label of the tables: `cafe:full`, `cafe:fast`, `cafe:fast:resnet18`,
+    /// `cafe:fast:tokens:6` (the generator is named unless it is `feature`).
+    pub fn label(&self) -> String {
+        match self.generator() {
+            None => format!("{}:full", self.method.name()),
+            Some(MaskInput::Feature) => format!("{}:fast", self.method.name()),
+            Some(generator) => format!("{}:fast:{generator}", self.method.name()),
+        }
+    }
+
+    /// The label as a folder name (`cafe-fast-tokens-6`): the run folder
+    /// `OUT/runs/SOURCE/<this>` and the cells folder `OUT/cells/<this>`.
+    pub fn slug(&self) -> String {
+        self.label().replace(':', "-")
+    }
+}
+
+impl std::fmt::Display for MethodVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
 pub struct ProtocolConfig {
     pub sources: Vec<Named>,
     pub targets: Vec<Named>,
-    pub methods: Vec<Method>,
-    /// The training configuration of every run; `data` and `method` are set per run.
+    /// Methods and variants, each a row per source (duplicates by label are run once).
+    pub methods: Vec<MethodVariant>,
+    /// The training configuration of every run; `data`, `method` and `fast` are set per
+    /// run from the method's variant.
     pub base: TrainConfig,
+    /// Settings of the fast variants (views, MLP widths); their generator comes from the
+    /// variant and their cache is `OUT/cache`.
+    pub fast: FastConfig,
     pub out: PathBuf,
     /// Put the paper's published numbers beside ours.
     pub reference_paper: bool,
@@ -79,7 +178,7 @@ struct Target {
 }
 
 /// Evaluation batches: cached frozen features, plus pixels when the model's generator
-/// reads them.
+/// reads them, or the cached mask generator input of fast mode.
 struct CachedEval<'a> {
     target: &'a Target,
     cache: &'a CachedFeatures,
@@ -87,7 +186,20 @@ struct CachedEval<'a> {
     preprocess: Preprocess,
     with_pixels: bool,
     generator_reads_feature: bool,
+    /// The mask generator's own cached input and the target's rows in it.
+    mask: Option<(&'a CachedFeatures, Vec<usize>)>,
     device: Device,
+}
+
+fn rows_of(cache: &CachedFeatures, hashes: &[String]) -> Result<Vec<usize>> {
+    hashes
+        .iter()
+        .map(|h| {
+            cache
+                .row_of(h)
+                .ok_or_else(|| Error::config(format!("{h} missing from the cache")))
+        })
+        .collect()
 }
 
 impl EvalSource for CachedEval<'_> {
@@ -125,9 +237,23 @@ impl EvalSource for CachedEval<'_> {
             .iter()
             .map(|&i| self.target.images.labels[i])
             .collect();
+        let mask_input = match &self.mask {
+            Some((cache, rows)) => {
+                let mut values = Vec::with_capacity(indices.len() * cache.dim);
+                for &i in indices {
+                    values.extend_from_slice(cache.get(rows[i], 0));
+                }
+                Some(Tensor::from_vec(
+                    values,
+                    (indices.len(), cache.dim),
+                    &self.device,
+                )?)
+            }
+            None => self.generator_reads_feature.then(|| features.clone()),
+        };
         Ok(Batch {
             images,
-            mask_input: self.generator_reads_feature.then(|| features.clone()),
+            mask_input,
             features: Some(features),
             labels: Tensor::new(labels, &self.device)?,
         })
@@ -143,7 +269,7 @@ impl EvalSource for CachedEval<'_> {
     }
 }
 
-/// One cell of the table, as written to `cells/<method>/<source>__<target>.json`.
+/// One cell of the table, as written to `cells/<variant>/<source>__<target>.json`.
 #[derive(Serialize)]
 struct Cell<'a> {
     method: &'a str,
@@ -228,20 +354,29 @@ pub fn run(
         cfg.base.preprocess,
         encoder.as_ref().map(|e| e.input_size()).unwrap_or(224) as u32,
     );
+    let target_sources: Vec<_> = targets
+        .iter()
+        .flat_map(|(_, t)| t.images.sources.clone())
+        .collect();
+    let target_hashes: Vec<_> = targets.iter().flat_map(|(_, t)| t.hashes.clone()).collect();
     let clean = match encoder.as_deref() {
         Some(encoder) => {
             let key = CacheKey {
                 encoder,
                 preprocess,
                 seed: cfg.base.recipe.seed,
-                views: cfg.base.fast.as_ref().map(|f| f.views).unwrap_or(1),
+                views: cfg.fast.views,
+                mask: None,
             };
-            let sources: Vec<_> = targets
-                .iter()
-                .flat_map(|(_, t)| t.images.sources.clone())
-                .collect();
-            let hashes: Vec<_> = targets.iter().flat_map(|(_, t)| t.hashes.clone()).collect();
-            cache::build_clean(&cache_dir, &key, &sources, &hashes, &limits, stop, progress)?;
+            cache::build_clean(
+                &cache_dir,
+                &key,
+                &target_sources,
+                &target_hashes,
+                &limits,
+                stop,
+                progress,
+            )?;
             Some(CachedFeatures::open(&key.clean_path(&cache_dir))?)
         }
         None => None,
@@ -252,60 +387,92 @@ pub fn run(
         rows: Vec::new(),
     };
     let mut per_class = String::from("# Per-class accuracy (recall, %) of every cell\n\n");
+    let mut variants: Vec<MethodVariant> = Vec::new();
+    for v in &cfg.methods {
+        if !variants.iter().any(|w| w.label() == v.label()) {
+            variants.push(*v);
+        }
+    }
     for source in &cfg.sources {
-        for &method in &cfg.methods {
+        for variant in &variants {
+            let method = variant.method;
+            let label = variant.label();
             let mut train_cfg = cfg.base.clone();
             train_cfg.data = source.spec.clone();
             train_cfg.method = method;
-            if let Some(fast) = &mut train_cfg.fast {
-                fast.cache_dir = cache_dir.clone();
-            }
-            let run_dir = cfg.out.join("runs").join(&source.name).join(method.name());
-            tracing::info!("training {} on {}", method.name(), source.name);
+            train_cfg.fast = variant.generator().map(|generator| FastConfig {
+                generator,
+                cache_dir: cache_dir.clone(),
+                ..cfg.fast.clone()
+            });
+            let run_dir = cfg.out.join("runs").join(&source.name).join(variant.slug());
+            tracing::info!("training {label} on {}", source.name);
             let bundle = match session::run(&train_cfg, &run_dir, stop, None, progress, device)? {
                 RunOutcome::Finished(report) => report.bundle,
                 RunOutcome::Interrupted { .. } => {
                     return Err(Error::config(format!(
-                        "interrupted while training {} on {}; rerun the same command to continue \
-                         (finished runs are kept)",
-                        method.name(),
+                        "interrupted while training {label} on {}; rerun the same command to \
+                         continue (finished runs are kept)",
                         source.name
                     )))
                 }
             };
             let model = ExpressionModel::load(&bundle, cfg.base.weights.as_deref(), device)?;
-            let spec: ModelSpec = serde_json::from_value(model.meta.model.clone())
-                .map_err(|e| Error::config(e.to_string()))?;
+            let classifier = model.classifier();
+            // A fast generator that reads neither F nor pixels: its input of the target
+            // images, cached beside F.
+            let mask_source = match (classifier.mask_input(), classifier.frozen_resnet()) {
+                (Some(MaskInput::Resnet18), Some(net)) => Some(MaskSource::Resnet(net)),
+                (Some(MaskInput::Tokens(layer)), _) => Some(MaskSource::Tokens(layer)),
+                _ => None,
+            };
+            let mask_cache = match (mask_source, encoder.as_deref()) {
+                (Some(mask), Some(encoder)) => {
+                    let key = CacheKey {
+                        encoder,
+                        preprocess,
+                        seed: cfg.base.recipe.seed,
+                        views: cfg.fast.views,
+                        mask: Some(mask),
+                    };
+                    cache::build_clean(
+                        &cache_dir,
+                        &key,
+                        &target_sources,
+                        &target_hashes,
+                        &limits,
+                        stop,
+                        progress,
+                    )?;
+                    key.mask_clean_path(&cache_dir)
+                        .map(|p| CachedFeatures::open(&p))
+                        .transpose()?
+                }
+                _ => None,
+            };
             let mut row = TableRow {
-                method: method.name().to_string(),
+                method: label.clone(),
                 source: source.name.clone(),
                 accuracy: Vec::new(),
             };
             for (split, target) in &targets {
                 let metrics = match (&clean, method.uses_frozen_features()) {
                     (Some(clean), true) => {
-                        let rows = target
-                            .hashes
-                            .iter()
-                            .map(|h| {
-                                clean.row_of(h).ok_or_else(|| {
-                                    Error::config(format!("{h} missing from the cache"))
-                                })
-                            })
-                            .collect::<Result<Vec<_>>>()?;
                         let eval = CachedEval {
                             target,
                             cache: clean,
-                            rows,
+                            rows: rows_of(clean, &target.hashes)?,
                             preprocess,
                             with_pixels: matches!(
-                                spec.generator,
+                                classifier.spec.generator,
                                 Some(GeneratorSpec::Resnet { .. })
                             ),
-                            generator_reads_feature: matches!(
-                                spec.generator,
-                                Some(GeneratorSpec::Mlp { .. })
-                            ),
+                            generator_reads_feature: classifier.mask_input()
+                                == Some(MaskInput::Feature),
+                            mask: match &mask_cache {
+                                Some(cache) => Some((cache, rows_of(cache, &target.hashes)?)),
+                                None => None,
+                            },
                             device: device.clone(),
                         };
                         model.evaluate_source(&eval, 64)?
@@ -330,9 +497,9 @@ pub fn run(
                 };
                 row.accuracy.push(metrics.accuracy);
                 let cell_name = format!("{}__{}", source.name, target.named.name);
-                let cell_dir = cfg.out.join("cells").join(method.name());
+                let cell_dir = cfg.out.join("cells").join(variant.slug());
                 let json = serde_json::to_vec_pretty(&Cell {
-                    method: method.name(),
+                    method: &label,
                     source,
                     target: &target.named,
                     split: split.to_string(),
@@ -341,10 +508,8 @@ pub fn run(
                 .map_err(|e| Error::config(e.to_string()))?;
                 write_file(&cell_dir.join(format!("{cell_name}.json")), &json)?;
                 let title = format!(
-                    "{}: {} -> {} ({split})",
-                    method.name(),
-                    source.name,
-                    target.named.name
+                    "{label}: {} -> {} ({split})",
+                    source.name, target.named.name
                 );
                 let png = confusion_image(&metrics, &title);
                 let png_path = cell_dir.join(format!("{cell_name}.png"));
@@ -390,4 +555,55 @@ fn per_class_markdown(metrics: &Metrics) -> String {
         metrics.total
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_variants_parse_and_label_themselves() {
+        let parse = |s: &str, default| MethodVariant::parse(s, default).map(|v| v.label());
+        // A bare method takes the default variant (what --fast selects).
+        assert_eq!(parse("cafe", None).as_deref(), Ok("cafe:full"));
+        assert_eq!(
+            parse("cafe", Some(MaskInput::Resnet18)).as_deref(),
+            Ok("cafe:fast:resnet18")
+        );
+        assert_eq!(
+            parse("cafe:full", Some(MaskInput::Feature)).as_deref(),
+            Ok("cafe:full")
+        );
+        assert_eq!(parse("cafe:fast", None).as_deref(), Ok("cafe:fast"));
+        assert_eq!(
+            parse("cafe:fast", Some(MaskInput::Tokens(4))).as_deref(),
+            Ok("cafe:fast:tokens:4")
+        );
+        assert_eq!(
+            parse("cafe-no-sep:fast:tokens:6", None).as_deref(),
+            Ok("cafe-no-sep:fast:tokens:6")
+        );
+        // Without a mask generator the generator does not matter, nor appear.
+        assert_eq!(
+            parse("linear-probe:fast:resnet18", None).as_deref(),
+            Ok("linear-probe:fast")
+        );
+        assert_eq!(parse("resnet:full", None).as_deref(), Ok("resnet:full"));
+        let variant = MethodVariant::parse("cafe:fast:tokens:6", None).unwrap();
+        assert_eq!(
+            variant,
+            MethodVariant::fast(Method::Cafe, MaskInput::Tokens(6))
+        );
+        assert_eq!(variant.slug(), "cafe-fast-tokens-6");
+        assert_eq!(MethodVariant::full(Method::Cafe).slug(), "cafe-full");
+        for bad in [
+            "cafo",
+            "cafe:slow",
+            "cafe:fast:vgg",
+            "cafe:fast:tokens:0",
+            "cafe:",
+        ] {
+            assert!(MethodVariant::parse(bad, None).is_err(), "{bad}");
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub mod ops;
 pub mod resnet;
 
 pub use cafe::{drop_vector, Cafe, CafeConfig, CafeHead, CafeLosses, MaskNet};
-pub use resnet::ResNet18;
+pub use resnet::{FrozenResnet, ResNet18};
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};

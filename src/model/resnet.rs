@@ -262,6 +262,80 @@ impl ResNet18 {
     }
 }
 
+/// A ResNet-18 trunk kept frozen: fast mode's `resnet18` mask generator reads its pooled
+/// output (eval-mode BatchNorm, global average after the last ReLU), cached per view at
+/// training time and computed from the image at inference. Its tensors live in the model
+/// under [`FrozenResnet::PREFIX`] (so the bundle carries them) and are never trained.
+pub struct FrozenResnet {
+    net: ResNet18,
+    fingerprint: String,
+}
+
+impl FrozenResnet {
+    /// Where the tensors live in a model (and its bundle): `frozen_resnet.conv1.weight`, ...
+    pub const PREFIX: &'static str = "frozen_resnet";
+
+    /// Builds the trunk from `vb` (already under [`Self::PREFIX`]).
+    pub fn new(vb: &VarBuilder, widths: [usize; 4]) -> Result<Self> {
+        let net = ResNet18::new(vb, widths)?;
+        let prefix = format!("{}.", Self::PREFIX);
+        let named: Vec<(String, Tensor)> = net
+            .trainable_vars()
+            .into_iter()
+            .chain(net.buffers())
+            .map(|(name, var)| {
+                let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+                (name, var.as_detached_tensor())
+            })
+            .collect();
+        let fingerprint =
+            crate::backbone::fingerprint_tensors(named.iter().map(|(n, t)| (n.as_str(), t)))?;
+        Ok(Self { net, fingerprint })
+    }
+
+    /// Fingerprint of the weights (as for encoders: names, shapes and values), which keys
+    /// the cached pooled features.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Width of the pooled output (512 for ResNet-18).
+    pub fn dim(&self) -> usize {
+        self.net.out_dim()
+    }
+
+    /// `[B,3,S,S]` pixels normalised with `preset` -> `[B,dim]` pooled features. The
+    /// network expects ImageNet statistics (the `cafe` preset): pixels normalised
+    /// otherwise are mapped to them first, channel by channel (exact, the same view).
+    pub fn pooled(&self, pixels: &Tensor, preset: crate::image::Preset) -> Result<Tensor> {
+        let pixels = pixels.to_dtype(DType::F32)?.detach();
+        let pixels = if preset == crate::image::Preset::Cafe {
+            pixels
+        } else {
+            let (mean, std) = preset.mean_std();
+            let (imagenet_mean, imagenet_std) = crate::image::Preset::Cafe.mean_std();
+            let scale: Vec<f32> = (0..3).map(|c| std[c] / imagenet_std[c]).collect();
+            let shift: Vec<f32> = (0..3)
+                .map(|c| (mean[c] - imagenet_mean[c]) / imagenet_std[c])
+                .collect();
+            let device = pixels.device();
+            let scale = Tensor::from_vec(scale, (1, 3, 1, 1), device)?;
+            let shift = Tensor::from_vec(shift, (1, 3, 1, 1), device)?;
+            pixels.broadcast_mul(&scale)?.broadcast_add(&shift)?
+        };
+        Ok(self.net.forward_t(&pixels, false, true)?.detach())
+    }
+
+    /// The tensors, under their full names (kept in the model, not trained).
+    pub fn tensors(&self) -> Vec<NamedVar> {
+        self.net
+            .trainable_vars()
+            .into_iter()
+            .chain(self.net.buffers())
+            .collect()
+    }
+}
+
 /// Every tensor name and shape of a ResNet-18 trunk with these widths, in torchvision
 /// naming (no `fc`, no `num_batches_tracked`).
 pub fn resnet18_layout(widths: [usize; 4]) -> Vec<(String, Vec<usize>)> {

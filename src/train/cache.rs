@@ -8,6 +8,18 @@
 //! - `clean-<encoder fingerprint>-<preprocess>.safetensors`: `features` [N,D].
 //! - `views-<encoder fingerprint>-<preprocess>-seed<S>-k<K>.safetensors`: `features` [N,K,D].
 //!
+//! When the mask generator reads something other than F, that input has files of its own,
+//! the same views of the same images, keyed additionally by what it depends on:
+//! - `resnet18` (pooled features of a frozen ResNet-18): `clean-resnet18-<ResNet
+//!   fingerprint>-<preprocess>` and `views-resnet18-<ResNet fingerprint>-<preprocess>-
+//!   seed<S>-k<K>` (the ResNet reads the view the encoder saw, ImageNet-normalised).
+//! - `tokens:LAYER` (mean patch token of an encoder block): `clean-<encoder fingerprint>-
+//!   <preprocess>-tokens<LAYER>` and `views-...-tokens<LAYER>-seed<S>-k<K>`, computed in
+//!   the same encoder pass as F.
+//!
+//! Changing the ResNet checkpoint or the layer recomputes only those files; the encoder
+//! features are reused.
+//!
 //! Rows are identified by the image's content hash (metadata `hashes`); view v of an
 //! image is augmented with a generator derived from (seed, content hash, v), so a view
 //! does not depend on which other images are in the set or in what order. Building a
@@ -18,11 +30,12 @@ use crate::backbone::Encoder;
 use crate::data::ImageSource;
 use crate::error::{Error, Result};
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
+use crate::model::FrozenResnet;
 use crate::tensorfile;
 use crate::train::trainer::{rng_for, RNG_VIEW};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -110,12 +123,23 @@ impl CachedFeatures {
     }
 }
 
+/// What a `resnet18` or `tokens:LAYER` mask generator reads, cached beside F.
+#[derive(Clone, Copy)]
+pub enum MaskSource<'a> {
+    /// The pooled output of this frozen ResNet-18.
+    Resnet(&'a FrozenResnet),
+    /// The mean patch token of encoder block LAYER (from 1).
+    Tokens(usize),
+}
+
 /// Which files a cache needs.
 pub struct CacheKey<'a> {
     pub encoder: &'a dyn Encoder,
     pub preprocess: Preprocess,
     pub seed: u64,
     pub views: usize,
+    /// The mask generator's own input when it is not F (`None`: it reads F).
+    pub mask: Option<MaskSource<'a>>,
 }
 
 impl CacheKey<'_> {
@@ -123,24 +147,90 @@ impl CacheKey<'_> {
         format!("{:?}{}", self.preprocess.preset, self.preprocess.size).to_lowercase()
     }
 
-    pub fn clean_path(&self, dir: &Path) -> PathBuf {
-        dir.join(format!(
-            "clean-{}-{}-{}.safetensors",
+    fn encoder_tag(&self) -> String {
+        format!(
+            "{}-{}-{}",
             self.encoder.id(),
             self.encoder.fingerprint(),
             self.preprocess_tag()
-        ))
+        )
+    }
+
+    fn views_tag(&self) -> String {
+        format!("seed{}-k{}", self.seed, self.views)
+    }
+
+    pub fn clean_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("clean-{}.safetensors", self.encoder_tag()))
     }
 
     pub fn views_path(&self, dir: &Path) -> PathBuf {
         dir.join(format!(
-            "views-{}-{}-{}-seed{}-k{}.safetensors",
-            self.encoder.id(),
-            self.encoder.fingerprint(),
-            self.preprocess_tag(),
-            self.seed,
-            self.views
+            "views-{}-{}.safetensors",
+            self.encoder_tag(),
+            self.views_tag()
         ))
+    }
+
+    /// What the mask input files are named by (without `clean-`/`views-`).
+    fn mask_tag(&self) -> Option<String> {
+        Some(match self.mask? {
+            MaskSource::Resnet(net) => {
+                format!("resnet18-{}-{}", net.fingerprint(), self.preprocess_tag())
+            }
+            MaskSource::Tokens(layer) => format!("{}-tokens{layer}", self.encoder_tag()),
+        })
+    }
+
+    /// The clean views of the mask generator's input, when it is not F.
+    pub fn mask_clean_path(&self, dir: &Path) -> Option<PathBuf> {
+        Some(dir.join(format!("clean-{}.safetensors", self.mask_tag()?)))
+    }
+
+    /// The augmented views of the mask generator's input, when it is not F.
+    pub fn mask_views_path(&self, dir: &Path) -> Option<PathBuf> {
+        Some(dir.join(format!(
+            "views-{}-{}.safetensors",
+            self.mask_tag()?,
+            self.views_tag()
+        )))
+    }
+
+    fn mask_dim(&self) -> Option<usize> {
+        Some(match self.mask? {
+            MaskSource::Resnet(net) => net.dim(),
+            MaskSource::Tokens(_) => self.encoder.token_dim(),
+        })
+    }
+
+    fn metadata(&self, hashes: &[String], mask_file: bool) -> Result<BTreeMap<String, String>> {
+        let mut metadata = BTreeMap::from([
+            ("format".to_string(), "gfer-feature-cache-1".to_string()),
+            (
+                "hashes".to_string(),
+                serde_json::to_string(hashes).map_err(|e| Error::config(e.to_string()))?,
+            ),
+            ("backbone".to_string(), self.encoder.id().to_string()),
+            (
+                "weights_fingerprint".to_string(),
+                self.encoder.fingerprint().to_string(),
+            ),
+            ("seed".to_string(), self.seed.to_string()),
+        ]);
+        match (mask_file, self.mask) {
+            (true, Some(MaskSource::Resnet(net))) => {
+                metadata.insert("input".into(), "frozen-resnet18 pooled feature".into());
+                metadata.insert("resnet_fingerprint".into(), net.fingerprint().into());
+            }
+            (true, Some(MaskSource::Tokens(layer))) => {
+                metadata.insert(
+                    "input".into(),
+                    format!("mean patch token of encoder block {layer}"),
+                );
+            }
+            _ => {}
+        }
+        Ok(metadata)
     }
 }
 
@@ -156,60 +246,201 @@ fn hash_key(hash: &str) -> u64 {
     u64::from_str_radix(&hash[..16.min(hash.len())], 16).unwrap_or(0)
 }
 
-/// Makes sure the clean file (`views == 0`) or the views file holds every image, encoding
-/// only what is missing. Images are identified by `hashes` (content hashes, as computed by
-/// [`crate::image::content_hash`]); `load` decodes image i.
+/// The `[3,S,S]` pixels the cache encodes for an image: the clean view (`view` `None`)
+/// or augmented view `view`, drawn from (seed, content hash, view) alone. F and the mask
+/// generator's input of a view are computed from these same pixels.
+pub fn view_pixels(key: &CacheKey, image: &RgbImage, hash: &str, view: Option<usize>) -> Vec<f32> {
+    match view {
+        None => key.preprocess.apply(image),
+        Some(v) => {
+            let mut rng = rng_for(key.seed, RNG_VIEW, hash_key(hash), v as u64);
+            Augment::default().apply(image, &key.preprocess, &mut rng)
+        }
+    }
+}
+
+/// One cache file being completed: the rows it keeps and the images it still needs.
+struct Completion {
+    path: PathBuf,
+    views: usize,
+    dim: usize,
+    old: Option<CachedFeatures>,
+    rows: Vec<(String, Vec<f32>)>,
+    /// Indices (into the image list) to compute.
+    todo: HashSet<usize>,
+    reused: usize,
+}
+
+impl Completion {
+    /// Reads what `path` already holds for the images `unique` (indices of distinct hashes).
+    fn open(
+        path: PathBuf,
+        views: usize,
+        dim: usize,
+        hashes: &[String],
+        unique: &[usize],
+    ) -> Result<Self> {
+        let old = if path.exists() {
+            Some(CachedFeatures::open(&path)?)
+        } else {
+            None
+        };
+        let fits = |o: &CachedFeatures| o.views == views && o.dim == dim;
+        let mut rows = Vec::new();
+        let mut todo = HashSet::new();
+        for &i in unique {
+            match old
+                .as_ref()
+                .filter(|o| fits(o))
+                .and_then(|o| o.row_of(&hashes[i]).map(|r| (o, r)))
+            {
+                Some((o, r)) => rows.push((
+                    hashes[i].clone(),
+                    (0..views)
+                        .flat_map(|v| o.get(r, v).iter().copied())
+                        .collect(),
+                )),
+                None => {
+                    todo.insert(i);
+                }
+            }
+        }
+        let reused = rows.len();
+        Ok(Completion {
+            path,
+            views,
+            dim,
+            old,
+            rows,
+            todo,
+            reused,
+        })
+    }
+
+    fn count(&self) -> BuildCount {
+        BuildCount {
+            computed: self.todo.len(),
+            reused: self.reused,
+        }
+    }
+
+    /// Stores the computed rows `values` ([n * views * dim]) of the images `items`.
+    fn add(&mut self, items: &[usize], hashes: &[String], values: &[f32]) {
+        let per = self.views * self.dim;
+        for (j, &i) in items.iter().enumerate() {
+            self.rows
+                .push((hashes[i].clone(), values[j * per..(j + 1) * per].to_vec()));
+        }
+    }
+
+    /// Writes the file: the rows of this set, and the rows of images not in it (another
+    /// data set sharing the cache) kept as they were. Nothing is written when nothing
+    /// changed.
+    fn finish(
+        mut self,
+        seen: &HashSet<String>,
+        metadata: impl FnOnce(&[String]) -> Result<BTreeMap<String, String>>,
+        augmented: bool,
+    ) -> Result<()> {
+        let (views, dim) = (self.views, self.dim);
+        let fits = self
+            .old
+            .as_ref()
+            .is_some_and(|o| o.views == views && o.dim == dim);
+        if fits && self.rows.len() == self.reused {
+            return Ok(());
+        }
+        if let Some(o) = self.old.as_ref().filter(|_| fits) {
+            let mut others: Vec<(&String, usize)> = o
+                .index
+                .iter()
+                .filter(|(h, _)| !seen.contains(*h))
+                .map(|(h, &r)| (h, r))
+                .collect();
+            others.sort_by_key(|(_, r)| *r);
+            for (hash, r) in others {
+                self.rows.push((
+                    hash.clone(),
+                    (0..views)
+                        .flat_map(|v| o.get(r, v).iter().copied())
+                        .collect(),
+                ));
+            }
+        }
+        self.old = None;
+        let n = self.rows.len();
+        let shape: Vec<usize> = if augmented {
+            vec![n, views, dim]
+        } else {
+            vec![n, dim]
+        };
+        let (hash_list, values): (Vec<String>, Vec<Vec<f32>>) = self.rows.into_iter().unzip();
+        let tensor = Tensor::from_vec(values.concat(), shape, &Device::Cpu)?;
+        tensorfile::save(
+            &self.path,
+            &HashMap::from([("features".to_string(), tensor)]),
+            &metadata(&hash_list)?,
+        )
+    }
+}
+
+/// The rows of `batch` (`[rows, ...]`) at `rows`, as one tensor.
+fn select(batch: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let index = Tensor::new(
+        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+        batch.device(),
+    )?;
+    Ok(batch.index_select(&index, 0)?)
+}
+
+/// Makes sure the clean files (`augmented` false) or the views files hold every image,
+/// computing only what is missing: the encoder features, and with `key.mask` the mask
+/// generator's input beside them. Images are identified by `hashes` (content hashes, as
+/// computed by [`crate::image::content_hash`]).
 #[allow(clippy::too_many_arguments)]
-fn build_file(
-    path: &Path,
+fn build_files(
     key: &CacheKey,
     augmented: bool,
+    dir: &Path,
     sources: &[ImageSource],
     hashes: &[String],
     limits: &DecodeLimits,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
-) -> Result<BuildCount> {
+) -> Result<(BuildCount, Option<BuildCount>)> {
     let views = if augmented { key.views } else { 1 };
-    let dim = key.encoder.dim();
-    let old = if path.exists() {
-        Some(CachedFeatures::open(path)?)
+    let mut seen = HashSet::new();
+    let unique: Vec<usize> = (0..hashes.len())
+        .filter(|&i| seen.insert(hashes[i].clone()))
+        .collect();
+    let (feature_path, mask_path) = if augmented {
+        (key.views_path(dir), key.mask_views_path(dir))
     } else {
-        None
+        (key.clean_path(dir), key.mask_clean_path(dir))
     };
-    let mut rows: Vec<(String, Vec<f32>)> = Vec::new();
-    let mut todo: Vec<usize> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, hash) in hashes.iter().enumerate() {
-        if !seen.insert(hash.clone()) {
-            continue;
-        }
-        match old.as_ref().and_then(|o| o.row_of(hash).map(|r| (o, r))) {
-            Some((o, r)) if o.views == views && o.dim == dim => {
-                let values = (0..views)
-                    .flat_map(|v| o.get(r, v).iter().copied())
-                    .collect();
-                rows.push((hash.clone(), values));
-            }
-            _ => todo.push(i),
-        }
-    }
-    let count = BuildCount {
-        computed: todo.len(),
-        reused: rows.len(),
+    let mut features = Completion::open(feature_path, views, key.encoder.dim(), hashes, &unique)?;
+    let mut mask = match (mask_path, key.mask_dim()) {
+        (Some(path), Some(dim)) => Some(Completion::open(path, views, dim, hashes, &unique)?),
+        _ => None,
     };
-    progress.set_length(todo.len() as u64);
+    let counts = (features.count(), mask.as_ref().map(Completion::count));
+    let work: Vec<usize> = unique
+        .iter()
+        .copied()
+        .filter(|i| features.todo.contains(i) || mask.as_ref().is_some_and(|m| m.todo.contains(i)))
+        .collect();
+    progress.set_length(work.len() as u64);
     progress.set_position(0);
     progress.set_message(if augmented {
         "encoding augmented views"
     } else {
         "encoding clean views"
     });
-    let augment = Augment::default();
     let device = Device::Cpu;
+    let s = key.preprocess.size as usize;
     // Encode in chunks of images, all views of an image together.
     let per_chunk = (32 / views).max(1);
-    for chunk in todo.chunks(per_chunk) {
+    for chunk in work.chunks(per_chunk) {
         if stop.load(Ordering::SeqCst) {
             break;
         }
@@ -221,87 +452,112 @@ fn build_file(
             .par_iter()
             .zip(chunk.par_iter())
             .flat_map_iter(|(image, &i)| {
-                (0..views).flat_map(move |v| {
-                    if augmented {
-                        let mut rng = rng_for(key.seed, RNG_VIEW, hash_key(&hashes[i]), v as u64);
-                        augment.apply(image, &key.preprocess, &mut rng)
-                    } else {
-                        key.preprocess.apply(image)
-                    }
-                })
+                (0..views)
+                    .flat_map(move |v| view_pixels(key, image, &hashes[i], augmented.then_some(v)))
             })
             .collect();
-        let s = key.preprocess.size as usize;
         let batch = Tensor::from_vec(pixels, (chunk.len() * views, 3, s, s), &device)?;
-        let features = key
-            .encoder
-            .encode(&batch)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        for (j, &i) in chunk.iter().enumerate() {
-            let row = features[j * views * dim..(j + 1) * views * dim].to_vec();
-            rows.push((hashes[i].clone(), row));
+        // Rows of `batch` of the images at these positions of the chunk.
+        let rows_of = |wanted: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<usize>) {
+            let positions: Vec<usize> = (0..chunk.len()).filter(|&j| wanted(chunk[j])).collect();
+            let rows = positions
+                .iter()
+                .flat_map(|&j| j * views..(j + 1) * views)
+                .collect();
+            (positions.iter().map(|&j| chunk[j]).collect(), rows)
+        };
+        let (f_items, f_rows) = rows_of(&|i| features.todo.contains(&i));
+        let (m_items, m_rows) = match &mask {
+            Some(m) => rows_of(&|i| m.todo.contains(&i)),
+            None => (Vec::new(), Vec::new()),
+        };
+        let values = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        match key.mask {
+            Some(MaskSource::Tokens(layer)) => {
+                // One encoder pass gives both; keep what each file lacks.
+                let (f, t) = key.encoder.encode_with_tokens(&batch, layer)?;
+                if !f_items.is_empty() {
+                    features.add(&f_items, hashes, &values(select(&f, &f_rows)?)?);
+                }
+                if let Some(m) = mask.as_mut().filter(|_| !m_items.is_empty()) {
+                    m.add(&m_items, hashes, &values(select(&t, &m_rows)?)?);
+                }
+            }
+            other => {
+                if !f_items.is_empty() {
+                    let f = key.encoder.encode(&select(&batch, &f_rows)?)?;
+                    features.add(&f_items, hashes, &values(f)?);
+                }
+                if let (Some(MaskSource::Resnet(net)), Some(m)) = (other, mask.as_mut()) {
+                    if !m_items.is_empty() {
+                        let pooled =
+                            net.pooled(&select(&batch, &m_rows)?, key.preprocess.preset)?;
+                        m.add(&m_items, hashes, &values(pooled)?);
+                    }
+                }
+            }
         }
         progress.inc(chunk.len() as u64);
     }
-    // Rows of images not in this set (another data set sharing the cache) are kept.
-    if let Some(o) = &old {
-        if o.views == views && o.dim == dim {
-            let mut others: Vec<(&String, usize)> = o
-                .index
-                .iter()
-                .filter(|(h, _)| !seen.contains(*h))
-                .map(|(h, &r)| (h, r))
-                .collect();
-            others.sort_by_key(|(_, r)| *r);
-            for (hash, r) in others {
-                rows.push((
-                    hash.clone(),
-                    (0..views)
-                        .flat_map(|v| o.get(r, v).iter().copied())
-                        .collect(),
-                ));
-            }
-        }
+    let stopped = stop.load(Ordering::SeqCst);
+    // Written even when interrupted: what was encoded is kept.
+    features.finish(&seen, |h| key.metadata(h, false), augmented)?;
+    if let Some(m) = mask {
+        m.finish(&seen, |h| key.metadata(h, true), augmented)?;
     }
-    drop(old);
-    let n = rows.len();
-    let shape: Vec<usize> = if augmented {
-        vec![n, views, dim]
-    } else {
-        vec![n, dim]
-    };
-    let (hash_list, values): (Vec<String>, Vec<Vec<f32>>) = rows.into_iter().unzip();
-    let tensor = Tensor::from_vec(values.concat(), shape, &device)?;
-    let metadata = BTreeMap::from([
-        ("format".to_string(), "gfer-feature-cache-1".to_string()),
-        (
-            "hashes".to_string(),
-            serde_json::to_string(&hash_list).map_err(|e| Error::config(e.to_string()))?,
-        ),
-        ("backbone".to_string(), key.encoder.id().to_string()),
-        (
-            "weights_fingerprint".to_string(),
-            key.encoder.fingerprint().to_string(),
-        ),
-        ("seed".to_string(), key.seed.to_string()),
-    ]);
-    tensorfile::save(
-        path,
-        &HashMap::from([("features".to_string(), tensor)]),
-        &metadata,
-    )?;
-    if stop.load(Ordering::SeqCst) {
+    if stopped {
         return Err(Error::config(
             "interrupted while building the feature cache (what was encoded is saved)",
         ));
     }
-    Ok(count)
+    Ok(counts)
+}
+
+/// A training run's cache, mapped.
+pub struct Cache {
+    /// Clean views of the training and held-out images.
+    pub clean: CachedFeatures,
+    /// Augmented views of the training images.
+    pub views: CachedFeatures,
+    /// The mask generator's input (when it is not F): clean views.
+    pub mask_clean: Option<CachedFeatures>,
+    /// The mask generator's input: augmented views.
+    pub mask_views: Option<CachedFeatures>,
+    pub counts: CacheCounts,
+}
+
+/// What a build computed and reused, file by file.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CacheCounts {
+    pub clean: BuildCount,
+    pub views: BuildCount,
+    pub mask_clean: Option<BuildCount>,
+    pub mask_views: Option<BuildCount>,
+}
+
+impl std::fmt::Display for CacheCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |c: BuildCount| format!("{} encoded, {} reused", c.computed, c.reused);
+        write!(
+            f,
+            "clean views {}; augmented views {}",
+            one(self.clean),
+            one(self.views)
+        )?;
+        if let (Some(c), Some(v)) = (self.mask_clean, self.mask_views) {
+            write!(f, "; mask input: clean {}, augmented {}", one(c), one(v))?;
+        }
+        Ok(())
+    }
+}
+
+fn open_optional(path: Option<PathBuf>) -> Result<Option<CachedFeatures>> {
+    path.map(|p| CachedFeatures::open(&p)).transpose()
 }
 
 /// Builds (or completes) the cache for a training run and maps it: clean views of the
-/// training and held-out images, augmented views of the training images.
-#[allow(clippy::too_many_arguments)]
+/// training and held-out images, augmented views of the training images, for F and (with
+/// `key.mask`) for the mask generator's input.
 pub fn build(
     dir: &Path,
     key: &CacheKey,
@@ -310,41 +566,30 @@ pub fn build(
     limits: &DecodeLimits,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
-) -> Result<(CachedFeatures, CachedFeatures, BuildCount, BuildCount)> {
+) -> Result<Cache> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let clean_path = key.clean_path(dir);
-    let views_path = key.views_path(dir);
     let sources: Vec<ImageSource> = train.0.iter().chain(held_out.0).cloned().collect();
     let hashes: Vec<String> = train.1.iter().chain(held_out.1).cloned().collect();
-    let clean = build_file(
-        &clean_path,
-        key,
-        false,
-        &sources,
-        &hashes,
-        limits,
-        stop,
-        progress,
-    )?;
-    let views = build_file(
-        &views_path,
-        key,
-        true,
-        train.0,
-        train.1,
-        limits,
-        stop,
-        progress,
-    )?;
-    Ok((
-        CachedFeatures::open(&clean_path)?,
-        CachedFeatures::open(&views_path)?,
-        clean,
-        views,
-    ))
+    let (clean, mask_clean) =
+        build_files(key, false, dir, &sources, &hashes, limits, stop, progress)?;
+    let (views, mask_views) =
+        build_files(key, true, dir, train.0, train.1, limits, stop, progress)?;
+    Ok(Cache {
+        clean: CachedFeatures::open(&key.clean_path(dir))?,
+        views: CachedFeatures::open(&key.views_path(dir))?,
+        mask_clean: open_optional(key.mask_clean_path(dir))?,
+        mask_views: open_optional(key.mask_views_path(dir))?,
+        counts: CacheCounts {
+            clean,
+            views,
+            mask_clean,
+            mask_views,
+        },
+    })
 }
 
-/// Builds (or completes) only the clean-view file, e.g. for evaluation images.
+/// Builds (or completes) only the clean-view files, e.g. for evaluation images: F and
+/// (with `key.mask`) the mask generator's input.
 pub fn build_clean(
     dir: &Path,
     key: &CacheKey,
@@ -353,16 +598,7 @@ pub fn build_clean(
     limits: &DecodeLimits,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
-) -> Result<BuildCount> {
+) -> Result<(BuildCount, Option<BuildCount>)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    build_file(
-        &key.clean_path(dir),
-        key,
-        false,
-        sources,
-        hashes,
-        limits,
-        stop,
-        progress,
-    )
+    build_files(key, false, dir, sources, hashes, limits, stop, progress)
 }

@@ -9,10 +9,9 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
 use crate::image::content_hash;
 use crate::image::{Augment, DecodeLimits, Preprocess, Preset};
-use crate::model::classifier::FROZEN_FEATURE;
-use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec};
-use crate::model::{init_var_builder, resnet, CafeConfig};
-use crate::train::cache::{self, CacheKey};
+use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, Method, ModelSpec};
+use crate::model::{init_var_builder, resnet, CafeConfig, FrozenResnet};
+use crate::train::cache::{self, CacheKey, MaskSource};
 use crate::train::fast::FastSource;
 use crate::train::pixels::{LabelledImages, PixelSource};
 use crate::train::run::{code_revision, RunDir};
@@ -51,8 +50,16 @@ pub struct TrainConfig {
 pub struct FastConfig {
     /// Augmented views cached per training image.
     pub views: usize,
-    /// Hidden widths of the MLP mask generator on the cached feature (empty: one linear layer).
-    pub hidden: Vec<usize>,
+    /// What the MLP mask generator reads: the frozen feature (`feature`), the pooled
+    /// feature of a frozen ResNet-18 (`resnet18`, weights from `mask_init`), or the mean
+    /// patch token of an encoder block (`tokens:LAYER`). Each is cached per view.
+    #[serde(default)]
+    pub generator: MaskInput,
+    /// Hidden widths of the MLP mask generator (empty: one linear layer); `None` takes the
+    /// generator's default ([`MaskInput::default_hidden`]: 512 on the encoder's feature
+    /// or tokens, none on the ResNet feature).
+    #[serde(default)]
+    pub hidden: Option<Vec<usize>>,
     /// Where the feature cache lives (shared between runs and methods).
     pub cache_dir: PathBuf,
 }
@@ -61,9 +68,19 @@ impl Default for FastConfig {
     fn default() -> Self {
         FastConfig {
             views: 8,
-            hidden: vec![512],
+            generator: MaskInput::Feature,
+            hidden: None,
             cache_dir: PathBuf::from("runs/cache"),
         }
+    }
+}
+
+impl FastConfig {
+    /// The MLP's hidden widths: as given, else the generator's default.
+    pub fn hidden_widths(&self) -> Vec<usize> {
+        self.hidden
+            .clone()
+            .unwrap_or_else(|| self.generator.default_hidden())
     }
 }
 
@@ -173,6 +190,17 @@ pub fn run(
     progress: &indicatif::ProgressBar,
     device: &Device,
 ) -> Result<RunOutcome> {
+    if let Some(fast) = &cfg.fast {
+        if fast.generator == MaskInput::Resnet18
+            && cfg.method.uses_generator()
+            && cfg.mask_init.is_none()
+        {
+            return Err(Error::config(
+                "--generator resnet18 reads a frozen, pretrained ResNet-18: pass its weights \
+                 with --mask-init (resnet18_msceleb.pth or a torchvision state dict)",
+            ));
+        }
+    }
     let run_dir = RunDir::create(out)?;
     let dataset = data::open(&cfg.data, &Default::default())?;
     dataset.check_trainable(Split::Train)?;
@@ -218,18 +246,48 @@ pub fn run(
                     "fast mode trains on cached frozen features; the plain ResNet method has none",
                 ));
             }
+            // Methods without a mask generator read F alone: nothing else to cache.
+            let input = if cfg.method.uses_generator() {
+                fast.generator
+            } else {
+                MaskInput::Feature
+            };
+            let input_dim = match (input, &encoder) {
+                (MaskInput::Feature, _) => cafe.feature_dim,
+                (MaskInput::Resnet18, _) => cfg.cafe.trunk_widths[3],
+                (MaskInput::Tokens(layer), Some(encoder)) => {
+                    crate::backbone::check_layer(encoder.as_ref(), layer)
+                        .map_err(|e| Error::config(format!("--generator tokens:{layer}: {e}")))?;
+                    encoder.token_dim()
+                }
+                (MaskInput::Tokens(_), None) => 0,
+            };
             GeneratorSpec::Mlp {
-                input: FROZEN_FEATURE.to_string(),
-                input_dim: cafe.feature_dim,
-                hidden: fast.hidden.clone(),
+                input: input.spec_name(),
+                input_dim,
+                hidden: fast.hidden_widths(),
             }
         }
     };
     let spec = ModelSpec::new(cfg.method, cafe, generator);
-    let uses_resnet = matches!(spec.generator, Some(GeneratorSpec::Resnet { .. }));
-    let given = match (&cfg.mask_init, uses_resnet) {
-        (Some(path), true) => {
+    let given = match &spec.generator {
+        Some(GeneratorSpec::Resnet { .. }) => match &cfg.mask_init {
+            Some(path) => {
+                resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?
+            }
+            None => HashMap::new(),
+        },
+        Some(GeneratorSpec::Mlp { input, .. })
+            if MaskInput::from_spec_name(input)? == MaskInput::Resnet18 =>
+        {
+            let path = cfg
+                .mask_init
+                .as_deref()
+                .ok_or_else(|| Error::config("--generator resnet18 needs --mask-init"))?;
             resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?
+                .into_iter()
+                .map(|(name, t)| (format!("{}.{name}", FrozenResnet::PREFIX), t))
+                .collect()
         }
         _ => HashMap::new(),
     };
@@ -298,15 +356,21 @@ pub fn run(
     };
     let finished = match (&cfg.fast, encoder.as_deref()) {
         (Some(fast), Some(encoder)) => {
+            let mask = match model.mask_input() {
+                Some(MaskInput::Resnet18) => model.frozen_resnet().map(MaskSource::Resnet),
+                Some(MaskInput::Tokens(layer)) => Some(MaskSource::Tokens(layer)),
+                _ => None,
+            };
             let key = CacheKey {
                 encoder,
                 preprocess,
                 seed: cfg.recipe.seed,
                 views: fast.views,
+                mask,
             };
             let sources =
                 |samples: &[&Sample]| samples.iter().map(|s| s.source.clone()).collect::<Vec<_>>();
-            let (clean, views, clean_count, views_count) = cache::build(
+            let cached = cache::build(
                 &fast.cache_dir,
                 &key,
                 (&sources(&train), &train_hashes),
@@ -315,27 +379,25 @@ pub fn run(
                 stop,
                 progress,
             )?;
-            tracing::info!(
-                "feature cache: clean views {} encoded, {} reused; augmented views {} encoded, {} reused",
-                clean_count.computed,
-                clean_count.reused,
-                views_count.computed,
-                views_count.reused
-            );
-            let source = FastSource::new(
-                &views,
+            tracing::info!("feature cache: {}", cached.counts);
+            let mut source = FastSource::new(
+                &cached.views,
                 &train_hashes,
                 labels_of(&train),
                 cfg.recipe.seed,
                 device,
             )?;
-            let held_source = FastSource::new(
-                &clean,
+            let mut held_source = FastSource::new(
+                &cached.clean,
                 &held_hashes,
                 labels_of(&held),
                 cfg.recipe.seed,
                 device,
             )?;
+            if let (Some(views), Some(clean)) = (&cached.mask_views, &cached.mask_clean) {
+                source = source.with_mask_input(views, &train_hashes)?;
+                held_source = held_source.with_mask_input(clean, &held_hashes)?;
+            }
             let held_ref: Option<&dyn EvalSource> = if held.is_empty() {
                 None
             } else {

@@ -105,3 +105,38 @@ pub fn write_manifest_dataset(
     std::fs::write(&path, csv).expect("write manifest");
     path
 }
+
+/// The stage widths of [`write_tiny_resnet`]'s ResNet-18.
+pub const TINY_RESNET_WIDTHS: [usize; 4] = [4, 8, 8, 16];
+
+/// Writes a narrow ResNet-18 checkpoint (torchvision names, widths
+/// [`TINY_RESNET_WIDTHS`]) with seeded random weights and BatchNorm statistics away from
+/// the identity, as `--mask-init` reads it. Different seeds give different weights.
+pub fn write_tiny_resnet(path: &Path, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let device = candle_core::Device::Cpu;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in gfer::model::resnet::resnet18_layout(TINY_RESNET_WIDTHS) {
+        let count: usize = shape.iter().product();
+        let values: Vec<f32> = (0..count)
+            .map(|_| {
+                let u: f32 = rng.gen_range(-1.0..1.0);
+                if name.ends_with("running_var") {
+                    1.0 + 0.5 * u
+                } else if name.ends_with("running_mean") || name.ends_with("bias") {
+                    0.1 * u
+                } else if shape.len() == 1 {
+                    1.0 + 0.2 * u
+                } else {
+                    // Kaiming-like scale for the convolutions (fan-out).
+                    let fan_out = (shape[0] * shape[2] * shape[3]) as f32;
+                    u * (6.0 / fan_out).sqrt()
+                }
+            })
+            .collect();
+        let tensor = candle_core::Tensor::from_vec(values, shape, &device).expect("tensor");
+        tensors.insert(name, tensor);
+    }
+    candle_core::safetensors::save(&tensors, path).expect("write the ResNet checkpoint");
+}

@@ -211,7 +211,8 @@ pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
             max_pixels: 1 << 24,
             fast: Some(FastConfig {
                 views: 2,
-                hidden: vec![32],
+                generator: Default::default(),
+                hidden: Some(vec![32]),
                 cache_dir: dir.join("cache"),
             }),
         };
