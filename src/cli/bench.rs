@@ -56,7 +56,7 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = 60)]
     pub epochs: usize,
     /// (the flag alone, with no value: one linear layer).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [512])]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [128])]
     pub mlp_hidden: Vec<usize>,
     /// Extraction: the encoder preset with random weights, or --weights.
     #[arg(long, default_value = "clip-vit-b32")]

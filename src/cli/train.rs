@@ -112,7 +112,7 @@ pub struct TrainingFlags {
     )]
     pub generator: MaskInput,
     /// Fast mode: hidden widths of the MLP mask generator (comma-separated; the flag
-    /// alone, with no value, for one linear layer). Default: 512 for `feature` and
+    /// alone, with no value, for one linear layer). Default: 128 for `feature` and
     /// `tokens:LAYER`, none (one linear layer) for `resnet18`.
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     pub mlp_hidden: Option<Vec<usize>>,

@@ -151,7 +151,7 @@ impl MaskInput {
     pub fn default_hidden(self) -> Vec<usize> {
         match self {
             MaskInput::Resnet18 => Vec::new(),
-            MaskInput::Feature | MaskInput::Tokens(_) => vec![512],
+            MaskInput::Feature | MaskInput::Tokens(_) => vec![128],
         }
     }
 }
@@ -633,7 +633,7 @@ mod tests {
         }
         assert!(MaskInput::from_spec_name("frozen-vgg").is_err());
         assert_eq!(MaskInput::Resnet18.default_hidden(), Vec::<usize>::new());
-        assert_eq!(MaskInput::Tokens(3).default_hidden(), vec![512]);
+        assert_eq!(MaskInput::Tokens(3).default_hidden(), vec![128]);
     }
 
     /// The frozen ResNet is kept (a buffer: in the bundle, not in the optimiser) and gives

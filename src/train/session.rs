@@ -56,7 +56,7 @@ pub struct FastConfig {
     #[serde(default)]
     pub generator: MaskInput,
     /// Hidden widths of the MLP mask generator (empty: one linear layer); `None` takes the
-    /// generator's default ([`MaskInput::default_hidden`]: 512 on the encoder's feature
+    /// generator's default ([`MaskInput::default_hidden`]: 128 on the encoder's feature
     /// or tokens, none on the ResNet feature).
     #[serde(default)]
     pub hidden: Option<Vec<usize>>,
