@@ -136,18 +136,22 @@ pub fn torch_full_step(
 ) -> Result<TorchStep> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary folder", e))?;
     let reference = dir.path().join("reference");
-    let write = |name: &str, text: &str| {
-        let path = reference.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
-    };
     std::fs::create_dir_all(&reference).map_err(|e| Error::io(&reference, e))?;
-    write("cafe.py", include_str!("../../scripts/reference/cafe.py"))?;
-    write(
-        "bench_train_step.py",
-        include_str!("../../scripts/reference/bench_train_step.py"),
-    )?;
+    let script = dir.path().join("bench_train_step.py");
+    for (path, text) in [
+        (
+            reference.join("cafe.py"),
+            include_str!("../../scripts/reference/cafe.py"),
+        ),
+        (
+            script.clone(),
+            include_str!("../../scripts/bench_train_step.py"),
+        ),
+    ] {
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
     let output = std::process::Command::new(python)
-        .arg(reference.join("bench_train_step.py"))
+        .arg(&script)
         .args([batch, steps.max(1), side].map(|v| v.to_string()))
         .output()
         .map_err(|e| Error::io(python, e))?;
