@@ -488,6 +488,19 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+/// Products smaller than this many multiply-adds run on the calling thread: handing them
+/// to the thread pool and waiting costs more than a second core saves (fast mode's small
+/// layers at batch 32).
+pub(crate) const PARALLEL_WORK: usize = 1 << 24;
+
+fn parallelism(work: usize) -> gemm::Parallelism {
+    if work < PARALLEL_WORK {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
 /// `dst[m,n] = a[m,k] b[k,n]`, or `dst += a b` when `accumulate`; `dst` row-major.
 pub(crate) fn matmul<T: Float>(
     m: usize,
@@ -531,7 +544,7 @@ pub(crate) fn matmul<T: Float>(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism(m * n * k),
         );
     }
     Ok(())

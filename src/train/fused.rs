@@ -11,7 +11,7 @@
 //! model: evaluation, checkpoints, bundles.
 
 use crate::error::{Error, Result};
-use crate::model::ops::{matmul, Mat};
+use crate::model::ops::{matmul, Mat, PARALLEL_WORK};
 use crate::model::{CafeConfig, Linear, NamedVar};
 use crate::train::optim::{self, Adam, AdamConfig};
 use crate::train::trainer::Batch;
@@ -146,8 +146,13 @@ impl Dense {
         let (input, output) = (self.input, self.output);
         let weight_grad = &mut self.weight.grad;
         let weight = &self.weight.value;
-        // The two products are independent: one on each core.
-        let (dw, dx) = rayon::join(
+        // The two products are independent: one on each core when they are large enough.
+        let join = if rows * input * output >= PARALLEL_WORK {
+            rayon::join
+        } else {
+            sequentially
+        };
+        let (dw, dx) = join(
             || {
                 matmul(
                     output,
@@ -189,6 +194,16 @@ impl Dense {
     fn params_mut(&mut self) -> [&mut Param; 2] {
         [&mut self.weight, &mut self.bias]
     }
+}
+
+fn sequentially<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    (a(), b())
 }
 
 /// Mean cross-entropy of `logits` [rows, classes] and the gradient of `scale` times it

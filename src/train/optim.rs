@@ -280,7 +280,11 @@ pub fn update_slice(
         eps: cfg.eps as f32,
         step_size: (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32,
     };
-    const CHUNK: usize = 1 << 14;
+    // Small parameters stay on the calling thread (see `ops::PARALLEL_WORK`).
+    const CHUNK: usize = 1 << 18;
+    if value.len() <= CHUNK {
+        return constants.apply(value, grad, exp_avg, exp_avg_sq);
+    }
     value
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
