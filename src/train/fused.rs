@@ -329,7 +329,7 @@ impl FusedStep {
         };
         let classes = self.fc.output;
         let logits = self.fc.forward(&selected, rows)?;
-        let (loss_cls, mut d_logits) = cross_entropy(&logits, &labels, classes, 1.0);
+        let (loss_cls, d_logits) = cross_entropy(&logits, &labels, classes, 1.0);
         let mut outcome = StepOutcome {
             loss: loss_cls,
             loss_cls,
@@ -374,7 +374,6 @@ impl FusedStep {
 
         // d loss / d selected: the FC, the diverse loss at each group maximum, the
         // separation loss at each dropped-group maximum (through the drop vector).
-        d_logits.truncate(rows * classes);
         let mut d_selected = self
             .fc
             .backward(&selected, &d_logits, rows, true)?

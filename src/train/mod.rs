@@ -39,26 +39,36 @@ pub fn train_step(
     labels: &Tensor,
     drop: &Tensor,
 ) -> Result<StepOutcome> {
+    let losses = model.train_step_losses(images, features, labels, drop)?;
+    backward_and_update(losses, labels, optimizer)
+}
+
+/// The backward pass of a step's losses, one Adam update, and the step's figures.
+pub fn backward_and_update(
+    losses: CafeLosses,
+    labels: &Tensor,
+    optimizer: &mut Adam,
+) -> Result<StepOutcome> {
     let CafeLosses {
         logits,
         loss_cls,
         loss_sep,
         loss_div,
         loss,
-    } = model.train_step_losses(images, features, labels, drop)?;
-    let grads = loss.backward()?;
-    optimizer.step(&grads)?;
+    } = losses;
+    optimizer.step(&loss.backward()?)?;
     let predicted = logits.argmax(1)?;
     let correct = predicted
         .eq(&labels.to_dtype(DType::U32)?)?
         .to_dtype(DType::U32)?
         .sum_all()?
         .to_scalar::<u32>()? as usize;
+    let scalar = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar()?) };
     Ok(StepOutcome {
-        loss: loss.to_scalar()?,
-        loss_cls: loss_cls.to_scalar()?,
-        loss_sep: loss_sep.to_scalar()?,
-        loss_div: loss_div.to_scalar()?,
+        loss: scalar(&loss)?,
+        loss_cls: scalar(&loss_cls)?,
+        loss_sep: scalar(&loss_sep)?,
+        loss_div: scalar(&loss_div)?,
         correct,
     })
 }

@@ -14,8 +14,7 @@ use crate::tensorfile::{self, TensorFile};
 use crate::train::fused::{FusedModel, FusedStep};
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
 use crate::train::run::RunDir;
-use crate::train::StepOutcome;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -248,7 +247,10 @@ pub fn train(
             )?;
             let outcome = match &mut fused {
                 Some(fused) => fused.step(&batch, &drop, adam.config())?,
-                None => autograd_step(model, &mut adam, &batch, &Tensor::new(drop, ctx.device)?)?,
+                None => {
+                    let losses = model.train_losses(&batch, &Tensor::new(drop, ctx.device)?)?;
+                    crate::train::backward_and_update(losses, &batch.labels, &mut adam)?
+                }
             };
 
             let n = indices.len() as f64;
@@ -334,27 +336,6 @@ pub fn train(
     }
     save_model(&model_tensors(model)?, "final")?;
     Ok(Outcome::Finished { log })
-}
-
-/// One step through candle's autograd: the losses, their gradients, one Adam update.
-fn autograd_step(
-    model: &dyn Trainable,
-    adam: &mut Adam,
-    batch: &Batch,
-    drop: &Tensor,
-) -> Result<StepOutcome> {
-    let losses = model.train_losses(batch, drop)?;
-    adam.step(&losses.loss.backward()?)?;
-    let predicted = losses.logits.argmax(1)?.to_vec1::<u32>()?;
-    let truth = batch.labels.to_vec1::<u32>()?;
-    let scalar = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar()?) };
-    Ok(StepOutcome {
-        loss: scalar(&losses.loss)?,
-        loss_cls: scalar(&losses.loss_cls)?,
-        loss_sep: scalar(&losses.loss_sep)?,
-        loss_div: scalar(&losses.loss_div)?,
-        correct: predicted.iter().zip(&truth).filter(|(p, t)| p == t).count(),
-    })
 }
 
 /// Accuracy and the rest on a held-out set (the model in evaluation mode).
