@@ -452,7 +452,7 @@ mod tests {
     use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec};
     use crate::model::{drop_vector, init_var_builder};
     use crate::train::trainer::{model_tensors, Trainable};
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     use std::collections::HashMap;
 
     /// Three steps by hand and three through autograd, from the same start, agree in
@@ -462,8 +462,16 @@ mod tests {
     fn hand_written_steps_match_autograd() -> Result<()> {
         let device = Device::Cpu;
         let (rows, dim, input) = (6, 23, 13);
-        let features = Tensor::randn(0f32, 1., (rows, dim), &device)?;
-        let mask_input = Tensor::randn(0f32, 1., (rows, input), &device)?;
+        // Seeded inputs: candle's randn is not, and a test must not change between runs.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut normal = |shape: (usize, usize)| -> Result<Tensor> {
+            let values: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|_| rng.sample(rand_distr::StandardNormal))
+                .collect();
+            Ok(Tensor::from_vec(values, shape, &device)?)
+        };
+        let features = normal((rows, dim))?;
+        let mask_input = normal((rows, input))?;
         let batch = Batch {
             images: None,
             features: Some(features),
@@ -487,6 +495,7 @@ mod tests {
             (Method::CafeNoMask, base.clone(), vec![]),
             (Method::LinearProbe, base.clone(), vec![]),
         ];
+        let lr = 0.01;
         for (method, cafe, hidden) in variants {
             let spec = ModelSpec::new(
                 method,
@@ -501,7 +510,7 @@ mod tests {
             let new_model = || Classifier::new(init_var_builder(HashMap::new(), 7, &device), &spec);
             let (by_hand, by_autograd) = (new_model()?, new_model()?);
             let cfg = AdamConfig {
-                lr: 0.01,
+                lr,
                 ..AdamConfig::default()
             };
             let mut adam_hand = Adam::new(by_hand.trainable_vars(), cfg.clone())?;
@@ -532,8 +541,13 @@ mod tests {
                     .abs()?
                     .max_all()?
                     .to_scalar::<f32>()?;
-                let scale = auto.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
-                assert!(diff / scale < 1e-5, "{what}: {name} differs by {diff}");
+                // Adam divides by the gradient's running magnitude, so a gradient near
+                // zero turns rounding into a visible step: measure in units of the
+                // learning rate (a wrong gradient moves a parameter by about lr a step).
+                assert!(
+                    (diff as f64) < 1e-3 * lr,
+                    "{what}: {name} differs by {diff}"
+                );
                 let (m_hand, v_hand, t_hand) = adam_hand.moments(&name).expect("held");
                 let (m_auto, v_auto, t_auto) = adam_auto.moments(&name).expect("held");
                 assert_eq!(t_hand, t_auto, "{what}: {name} step count");
