@@ -17,6 +17,7 @@ pub mod features;
 pub mod image;
 pub mod inference;
 pub mod labels;
+mod matmul;
 pub mod model;
 pub mod onnx;
 pub mod predict;

@@ -465,20 +465,14 @@ impl Norm {
     }
 }
 
-struct Dense {
-    /// `[out, in]`, as stored by PyTorch.
-    weight: Tensor,
-    bias: Tensor,
-}
-
 /// One residual attention block.
 struct Block {
     ln_1: Norm,
-    qkv: Dense,
-    out: Dense,
+    qkv: ops::Linear,
+    out: ops::Linear,
     ln_2: Norm,
-    fc: Dense,
-    proj: Dense,
+    fc: ops::Linear,
+    proj: ops::Linear,
 }
 
 impl Block {
@@ -487,7 +481,7 @@ impl Block {
     /// needs no more, since `encode_image` reads the class token only.
     fn forward(&self, x: &Tensor, batch: usize, heads: usize, cls_only: bool) -> Result<Tensor> {
         let tokens = x.dim(0)? / batch;
-        let qkv = ops::linear(&self.ln_1.forward(x)?, &self.qkv.weight, &self.qkv.bias)?;
+        let qkv = self.qkv.forward(&self.ln_1.forward(x)?)?;
         let queries = if cls_only { 1 } else { tokens };
         let attended = ops::attention(&qkv, batch, heads, queries)?;
         let x = if cls_only {
@@ -495,10 +489,9 @@ impl Block {
         } else {
             x.clone()
         };
-        let x = ops::linear_residual(&attended, &self.out.weight, &self.out.bias, &x)?;
-        let hidden =
-            ops::linear_quick_gelu(&self.ln_2.forward(&x)?, &self.fc.weight, &self.fc.bias)?;
-        ops::linear_residual(&hidden, &self.proj.weight, &self.proj.bias, &x)
+        let x = self.out.forward_residual(&attended, &x)?;
+        let hidden = self.fc.forward_quick_gelu(&self.ln_2.forward(&x)?)?;
+        self.proj.forward_residual(&hidden, &x)
     }
 }
 
@@ -516,8 +509,8 @@ pub struct ClipVisionEncoder {
     id: String,
     fingerprint: String,
     device: Device,
-    /// The patch-embedding convolution as a matrix `[W, 3*P*P]`.
-    patch_embedding: Tensor,
+    /// The patch-embedding convolution as a linear map of flattened patches `[3*P*P] -> [W]`.
+    patch_embedding: ops::Linear,
     class_embedding: Tensor,
     positional_embedding: Tensor,
     ln_pre: Norm,
@@ -623,11 +616,8 @@ impl ClipVisionEncoder {
                 bias: take(t, &format!("{prefix}.bias"))?,
             })
         }
-        fn dense(t: &mut HashMap<String, Tensor>, weight: &str, bias: &str) -> Result<Dense> {
-            Ok(Dense {
-                weight: take(t, weight)?,
-                bias: take(t, bias)?,
-            })
+        fn dense(t: &mut HashMap<String, Tensor>, weight: &str, bias: &str) -> Result<ops::Linear> {
+            ops::Linear::new(take(t, weight)?, take(t, bias)?)
         }
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -658,6 +648,7 @@ impl ClipVisionEncoder {
             });
         }
         let patch_dim = 3 * config.patch_size * config.patch_size;
+        let patch_weight = take(&mut t, "conv1.weight")?;
         Ok(Self {
             id: config
                 .backbone()
@@ -665,7 +656,11 @@ impl ClipVisionEncoder {
                 .to_string(),
             fingerprint,
             device,
-            patch_embedding: take(&mut t, "conv1.weight")?.reshape((config.width, patch_dim))?,
+            patch_embedding: ops::Linear::new(
+                patch_weight.reshape((config.width, patch_dim))?,
+                // CLIP's patch convolution has no bias.
+                Tensor::zeros(config.width, patch_weight.dtype(), patch_weight.device())?,
+            )?,
             class_embedding: take(&mut t, "class_embedding")?,
             positional_embedding: take(&mut t, "positional_embedding")?,
             proj: take(&mut t, "proj")?,
@@ -723,8 +718,9 @@ impl ClipVisionEncoder {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch * g * g, 3 * p * p))?;
-        let patches = patches
-            .matmul(&self.patch_embedding.t()?)?
+        let patches = self
+            .patch_embedding
+            .forward(&patches)?
             .reshape((batch, g * g, w))?;
         let class = self
             .class_embedding

@@ -12,45 +12,103 @@
 //! product, apply the activation in place with a vectorised `exp`, and run attention per
 //! (image, head) straight on the fused q/k/v projection with no copies.
 
-use crate::error::Result;
-use candle_core::{CpuStorage, Device, Storage, Tensor};
+use crate::error::{Error, Result};
+use crate::matmul::PackedWeight;
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
-/// `x [N, in] @ weight[out, in]^T + bias` -> `[N, out]`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let fast = on_host([x, weight, bias], |[xs, ws, bs]| {
-        host::linear(xs, ws, bs, None, host::Activation::None)
-    });
-    match fast {
-        Some(data) => from_host(data, x.dim(0)?, weight.dim(0)?),
-        None => composed::linear(x, weight, bias),
+/// A frozen linear layer, `x [N, in] @ weight[out, in]^T + bias` -> `[N, out]`. A weight
+/// in CPU memory in f32 is held only in the layout of the matrix kernel
+/// ([`crate::matmul`]); any other stays a tensor for the composed candle operations.
+pub struct Linear(Weights);
+
+enum Weights {
+    Host {
+        weight: PackedWeight,
+        bias: Vec<f32>,
+    },
+    Tensors {
+        weight: Tensor,
+        bias: Tensor,
+    },
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let (out, depth) = weight.dims2()?;
+        if bias.dims() != [out] {
+            return Err(Error::config(format!(
+                "linear layer: bias shape {:?} does not match weight shape [{out}, {depth}]",
+                bias.dims()
+            )));
+        }
+        let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        Ok(Self(if host(&weight) && host(&bias) {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            Weights::Host {
+                weight: PackedWeight::new(&values, out, depth),
+                bias: bias.to_vec1()?,
+            }
+        } else {
+            Weights::Tensors { weight, bias }
+        }))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, host::Activation::None)
+    }
+
+    /// `quick_gelu(self.forward(x))`.
+    pub fn forward_quick_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, host::Activation::QuickGelu)
+    }
+
+    /// `residual + self.forward(x)`.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.apply(x, Some(residual), host::Activation::None)
+    }
+
+    fn apply(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        activation: host::Activation,
+    ) -> Result<Tensor> {
+        match &self.0 {
+            Weights::Host { weight, bias } => {
+                let rows = x.dim(0)?;
+                let x = host_f32(x)?;
+                let residual = residual.map(host_f32).transpose()?;
+                let data = on_host([&x], |[xs]| match &residual {
+                    Some(r) => on_host([r], |[rs]| {
+                        host::linear(xs, weight, bias, Some(rs), activation)
+                    }),
+                    None => Some(host::linear(xs, weight, bias, None, activation)),
+                })
+                .flatten()
+                .expect("host_f32 gives contiguous f32 CPU tensors");
+                from_host(data, rows, weight.out())
+            }
+            Weights::Tensors { weight, bias } => {
+                let y = composed::linear(x, weight, bias)?;
+                match (residual, activation) {
+                    (Some(residual), _) => Ok((y + residual)?),
+                    (None, host::Activation::QuickGelu) => composed::quick_gelu(&y),
+                    (None, host::Activation::None) => Ok(y),
+                }
+            }
+        }
     }
 }
 
-/// `quick_gelu(linear(x, weight, bias))`.
-pub fn linear_quick_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let fast = on_host([x, weight, bias], |[xs, ws, bs]| {
-        host::linear(xs, ws, bs, None, host::Activation::QuickGelu)
-    });
-    match fast {
-        Some(data) => from_host(data, x.dim(0)?, weight.dim(0)?),
-        None => composed::quick_gelu(&composed::linear(x, weight, bias)?),
+/// `x` as a contiguous f32 tensor in CPU memory (as it is already, on the CPU path).
+fn host_f32(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return Err(Error::config(format!(
+            "linear layer: weights in CPU memory, input on {:?}",
+            x.device()
+        )));
     }
-}
-
-/// `residual + linear(x, weight, bias)`.
-pub fn linear_residual(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    residual: &Tensor,
-) -> Result<Tensor> {
-    let fast = on_host([x, weight, bias, residual], |[xs, ws, bs, rs]| {
-        host::linear(xs, ws, bs, Some(rs), host::Activation::None)
-    });
-    match fast {
-        Some(data) => from_host(data, x.dim(0)?, weight.dim(0)?),
-        None => Ok((composed::linear(x, weight, bias)? + residual)?),
-    }
+    Ok(x.to_dtype(DType::F32)?.contiguous()?)
 }
 
 /// Layer normalisation over the last dimension of a `[N, W]` tensor.
@@ -137,6 +195,7 @@ mod composed {
 
 /// Fused kernels on f32 slices in CPU memory.
 mod host {
+    use crate::matmul::PackedWeight;
     use gemm::Parallelism;
     use rayon::prelude::*;
 
@@ -146,85 +205,26 @@ mod host {
         QuickGelu,
     }
 
-    /// gemm's own threading over rayon's current pool.
-    fn parallelism() -> Parallelism {
-        match rayon::current_num_threads() {
-            0 | 1 => Parallelism::None,
-            n => Parallelism::Rayon(n),
-        }
-    }
-
     /// Rows handed to one rayon task by the row-wise kernels.
     fn rows_per_task(rows: usize) -> usize {
         rows.div_ceil(4 * rayon::current_num_threads()).max(1)
     }
 
-    /// `activation(x @ w^T + bias [+ residual])` with x `[N, K]`, w `[O, K]`: the output is
-    /// first filled with `bias` (+ `residual`), then the product accumulates into it.
+    /// `activation(x @ w^T + bias [+ residual])` with x `[N, K]`, w `[O, K]`.
     pub fn linear(
         x: &[f32],
-        w: &[f32],
+        w: &PackedWeight,
         bias: &[f32],
         residual: Option<&[f32]>,
         activation: Activation,
     ) -> Vec<f32> {
-        let out_width = bias.len();
-        let k = w.len() / out_width;
-        let rows = x.len() / k;
-        let chunk_rows = rows_per_task(rows);
-        let mut dst: Vec<f32> = Vec::with_capacity(rows * out_width);
-        dst.spare_capacity_mut()[..rows * out_width]
-            .par_chunks_mut(chunk_rows * out_width)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                for (i, row) in out.chunks_exact_mut(out_width).enumerate() {
-                    let r = (chunk * chunk_rows + i) * out_width;
-                    match residual {
-                        None => row.iter_mut().zip(bias).for_each(|(d, &b)| {
-                            d.write(b);
-                        }),
-                        Some(res) => row
-                            .iter_mut()
-                            .zip(bias)
-                            .zip(&res[r..r + out_width])
-                            .for_each(|((d, &b), &x)| {
-                                d.write(x + b);
-                            }),
-                    }
-                }
-            });
-        // SAFETY: every element up to rows * out_width was written just above.
-        unsafe { dst.set_len(rows * out_width) };
-        // SAFETY: dst is [rows, out_width] row-major and initialised; x is [rows, k]
-        // row-major; w is [out_width, k] row-major, read as its transpose [k, out_width].
-        unsafe {
-            gemm::gemm(
-                rows,
-                out_width,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                out_width as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
-        }
+        let mut y = crate::matmul::linear(x, w, bias, residual);
         if activation == Activation::QuickGelu {
-            dst.par_chunks_mut(chunk_rows * out_width)
+            let rows = y.len() / w.out().max(1);
+            y.par_chunks_mut(rows_per_task(rows) * w.out().max(1))
                 .for_each(simd::quick_gelu);
         }
-        dst
+        y
     }
 
     pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
@@ -495,20 +495,21 @@ mod tests {
             random(&[out], 3),
         );
         let residual = random(&[rows, out], 4);
+        let layer = Linear::new(w.clone(), b.clone()).unwrap();
         let cases = [
             (
                 "linear",
-                linear(&x, &w, &b).unwrap(),
+                layer.forward(&x).unwrap(),
                 composed::linear(&x, &w, &b).unwrap(),
             ),
             (
                 "linear_quick_gelu",
-                linear_quick_gelu(&x, &w, &b).unwrap(),
+                layer.forward_quick_gelu(&x).unwrap(),
                 composed::quick_gelu(&composed::linear(&x, &w, &b).unwrap()).unwrap(),
             ),
             (
                 "linear_residual",
-                linear_residual(&x, &w, &b, &residual).unwrap(),
+                layer.forward_residual(&x, &residual).unwrap(),
                 (composed::linear(&x, &w, &b).unwrap() + &residual).unwrap(),
             ),
             (
@@ -551,7 +552,7 @@ mod tests {
         let x = random(&[5, 8], 6).to_dtype(DType::F64).unwrap();
         let w = random(&[4, 8], 7).to_dtype(DType::F64).unwrap();
         let b = random(&[4], 8).to_dtype(DType::F64).unwrap();
-        let y = linear(&x, &w, &b).unwrap();
+        let y = Linear::new(w, b).unwrap().forward(&x).unwrap();
         assert_eq!(y.dtype(), DType::F64);
         assert_eq!(y.dims(), &[5, 4]);
     }
