@@ -231,26 +231,30 @@ mod avx2 {
     /// kernel reads one stream instead of six rows: 10-15% faster products measured
     /// (wide layers; six row streams a power-of-two stride apart share cache sets).
     fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
-        let mut groups = vec![0.0f32; rows.div_ceil(ROWS) * ROWS * depth];
-        let pack = |(index, group): (usize, &mut [f32])| {
-            for (r, row) in x[index * ROWS * depth..]
-                .chunks(depth)
-                .take(ROWS)
-                .enumerate()
-            {
-                for (k, &value) in row.iter().enumerate() {
-                    group[k * ROWS + r] = value;
+        let len = rows.div_ceil(ROWS) * ROWS * depth;
+        let mut groups = Vec::with_capacity(len);
+        let pack = |(index, group): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+            let first = index * ROWS;
+            let source: [Option<&[f32]>; ROWS] = std::array::from_fn(|r| {
+                (first + r < rows).then(|| &x[(first + r) * depth..][..depth])
+            });
+            for (k, column) in group.chunks_exact_mut(ROWS).enumerate() {
+                for (slot, row) in column.iter_mut().zip(&source) {
+                    slot.write(row.map_or(0.0, |row| row[k]));
                 }
             }
         };
+        let slots = &mut groups.spare_capacity_mut()[..len];
         if parallel {
-            groups
+            slots
                 .par_chunks_mut(ROWS * depth)
                 .enumerate()
                 .for_each(pack);
         } else {
-            groups.chunks_mut(ROWS * depth).enumerate().for_each(pack);
+            slots.chunks_mut(ROWS * depth).enumerate().for_each(pack);
         }
+        // SAFETY: every slot up to len was written just above.
+        unsafe { groups.set_len(len) };
         groups
     }
 

@@ -454,23 +454,12 @@ fn to_canonical(
     Ok(out)
 }
 
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, LAYER_NORM_EPS)
-    }
-}
-
 /// One residual attention block.
 struct Block {
-    ln_1: Norm,
+    ln_1: ops::LayerNorm,
     qkv: ops::Linear,
     out: ops::Linear,
-    ln_2: Norm,
+    ln_2: ops::LayerNorm,
     fc: ops::Linear,
     proj: ops::Linear,
 }
@@ -513,9 +502,9 @@ pub struct ClipVisionEncoder {
     patch_embedding: ops::Linear,
     class_embedding: Tensor,
     positional_embedding: Tensor,
-    ln_pre: Norm,
+    ln_pre: ops::LayerNorm,
     blocks: Vec<Block>,
-    ln_post: Norm,
+    ln_post: ops::LayerNorm,
     /// `[W, D]`.
     proj: Tensor,
 }
@@ -610,11 +599,12 @@ impl ClipVisionEncoder {
             t.remove(name)
                 .ok_or_else(|| Error::config(format!("canonical CLIP tensor {name} missing")))
         }
-        fn norm(t: &mut HashMap<String, Tensor>, prefix: &str) -> Result<Norm> {
-            Ok(Norm {
-                weight: take(t, &format!("{prefix}.weight"))?,
-                bias: take(t, &format!("{prefix}.bias"))?,
-            })
+        fn norm(t: &mut HashMap<String, Tensor>, prefix: &str) -> Result<ops::LayerNorm> {
+            Ok(ops::LayerNorm::new(
+                take(t, &format!("{prefix}.weight"))?,
+                take(t, &format!("{prefix}.bias"))?,
+                LAYER_NORM_EPS,
+            ))
         }
         fn dense(t: &mut HashMap<String, Tensor>, weight: &str, bias: &str) -> Result<ops::Linear> {
             ops::Linear::new(take(t, weight)?, take(t, bias)?)

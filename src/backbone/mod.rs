@@ -167,9 +167,9 @@ pub fn fingerprint_tensors<'a>(
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        for v in values {
-            hasher.update(&v.to_le_bytes());
-        }
+        // One update of all the bytes hashes as one update per value would.
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
     }
     Ok(hasher.finalize().to_hex()[..16].to_string())
 }

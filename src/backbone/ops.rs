@@ -62,6 +62,11 @@ impl Linear {
         self.apply(x, None, host::Activation::QuickGelu)
     }
 
+    /// `gelu(self.forward(x))` with the exact erf (DINOv2's MLP).
+    pub fn forward_exact_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, host::Activation::ExactGelu)
+    }
+
     /// `residual + self.forward(x)`.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.apply(x, Some(residual), host::Activation::None)
@@ -93,6 +98,7 @@ impl Linear {
                 match (residual, activation) {
                     (Some(residual), _) => Ok((y + residual)?),
                     (None, host::Activation::QuickGelu) => composed::quick_gelu(&y),
+                    (None, host::Activation::ExactGelu) => Ok(y.gelu_erf()?),
                     (None, host::Activation::None) => Ok(y),
                 }
             }
@@ -111,8 +117,33 @@ fn host_f32(x: &Tensor) -> Result<Tensor> {
     Ok(x.to_dtype(DType::F32)?.contiguous()?)
 }
 
+/// A frozen layer normalisation over the last dimension of `[N, W]` tensors.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f32) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+}
+
 /// Layer normalisation over the last dimension of a `[N, W]` tensor.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     match on_host([x, weight, bias], |[xs, ws, bs]| {
         host::layer_norm(xs, ws, bs, eps)
     }) {
@@ -203,6 +234,7 @@ mod host {
     pub enum Activation {
         None,
         QuickGelu,
+        ExactGelu,
     }
 
     /// Rows handed to one rayon task by the row-wise kernels.
@@ -219,10 +251,12 @@ mod host {
         activation: Activation,
     ) -> Vec<f32> {
         let mut y = crate::matmul::linear(x, w, bias, residual);
-        if activation == Activation::QuickGelu {
-            let rows = y.len() / w.out().max(1);
-            y.par_chunks_mut(rows_per_task(rows) * w.out().max(1))
-                .for_each(simd::quick_gelu);
+        let rows = y.len() / w.out().max(1);
+        let chunks = y.par_chunks_mut(rows_per_task(rows) * w.out().max(1));
+        match activation {
+            Activation::None => {}
+            Activation::QuickGelu => chunks.for_each(simd::quick_gelu),
+            Activation::ExactGelu => chunks.for_each(simd::exact_gelu),
         }
         y
     }
@@ -404,6 +438,35 @@ mod host {
         }
 
         multiversion! {
+            /// GELU with the exact erf in place: `x/2 (1 + erf(x/sqrt 2))`.
+            fn exact_gelu(xs: &mut [f32]) {
+                for x in xs.iter_mut() {
+                    *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            }
+        }
+
+        /// erf in f32 as a rational approximation (Eigen's `generic_fast_erf_float`, also
+        /// used by XLA): within about 1e-6 absolute, and branch-free so it vectorises.
+        #[inline(always)]
+        pub fn erf(x: f32) -> f32 {
+            let x = x.clamp(-4.0, 4.0);
+            let x2 = x * x;
+            let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+            p = x2 * p + -2.101_024e-6;
+            p = x2 * p + -5.692_506_4e-5;
+            p = x2 * p + -7.349_906_3e-4;
+            p = x2 * p + -2.954_6e-3;
+            p = x2 * p + -1.609_603_3e-2;
+            p *= x;
+            let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+            q = x2 * q + -1.682_827e-3;
+            q = x2 * q + -7.373_329e-3;
+            q = x2 * q + -1.426_474e-2;
+            p / q
+        }
+
+        multiversion! {
             /// Softmax of one row in place.
             fn softmax(xs: &mut [f32]) {
                 let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -487,6 +550,27 @@ mod tests {
     }
 
     #[test]
+    fn vectorised_exact_gelu_matches_candles_f64_erf_gelu() {
+        let x: Vec<f32> = (-12_000..12_000).map(|i| i as f32 * 1e-3).collect();
+        let reference = Tensor::new(x.as_slice(), &Device::Cpu)
+            .unwrap()
+            .gelu_erf()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut fast = x.clone();
+        host::simd::exact_gelu(&mut fast);
+        // 2e-6 absolute near 0 (the erf approximation's worst is 1.2e-6, around x = -5.6),
+        // relative beyond 1.
+        let worst = fast
+            .iter()
+            .zip(&reference)
+            .map(|(f, r)| (f - r).abs() / r.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-6, "max scaled difference {worst}");
+    }
+
+    #[test]
     fn host_kernels_match_the_composed_candle_ops() {
         let (rows, k, out) = (37, 48, 72);
         let (x, w, b) = (
@@ -506,6 +590,11 @@ mod tests {
                 "linear_quick_gelu",
                 layer.forward_quick_gelu(&x).unwrap(),
                 composed::quick_gelu(&composed::linear(&x, &w, &b).unwrap()).unwrap(),
+            ),
+            (
+                "linear_exact_gelu",
+                layer.forward_exact_gelu(&x).unwrap(),
+                composed::linear(&x, &w, &b).unwrap().gelu_erf().unwrap(),
             ),
             (
                 "linear_residual",
