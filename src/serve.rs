@@ -542,13 +542,23 @@ fn check_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(), ApiError> {
             "the body is not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP, GIF)",
         ));
     };
-    let (width, height) = reader.into_dimensions().map_err(|err| {
+    let corrupt = |reason: String| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "corrupt_image",
-            format!("the {format:?} image header could not be read: {err}"),
+            format!("the {format:?} image header could not be read: {reason}"),
         )
-    })?;
+    };
+    // JPEGs decode through libjpeg, which reads frame types the `image` crate's header
+    // reader refuses (arithmetic coding); their header is read the same way here.
+    let (width, height) = if format == image::ImageFormat::Jpeg {
+        crate::image::jpeg_dimensions(bytes)
+            .ok_or_else(|| corrupt("no frame header before the image data".into()))?
+    } else {
+        reader
+            .into_dimensions()
+            .map_err(|err| corrupt(err.to_string()))?
+    };
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(ApiError::new(

@@ -397,3 +397,35 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// `arithmetic_100x100.jpg` is `jpegtran -arithmetic rgb_100x100.jpg` (libjpeg-turbo 2.1.5):
+/// the same DCT coefficients coded arithmetically, so the same pixels.
+#[test]
+fn arithmetic_coded_jpeg_decodes_as_its_huffman_original() {
+    let limits = DecodeLimits::default();
+    let read = |name: &str| std::fs::read(common::fixture(&format!("images/{name}"))).unwrap();
+    let (huffman, arithmetic) = (read("rgb_100x100.jpg"), read("arithmetic_100x100.jpg"));
+    assert_eq!(
+        decode(&arithmetic, "arithmetic.jpg", &limits).unwrap(),
+        decode(&huffman, "huffman.jpg", &limits).unwrap()
+    );
+    for (name, size) in [
+        ("rgb_100x100.jpg", (100, 100)),
+        ("arithmetic_100x100.jpg", (100, 100)),
+        ("progressive_70x52.jpg", (70, 52)),
+        ("grey_41x47.jpg", (41, 47)),
+    ] {
+        assert_eq!(
+            gfer::image::jpeg_dimensions(&read(name)),
+            Some(size),
+            "{name}"
+        );
+    }
+    for not_a_frame in [
+        &b"\xFF\xD8\xFF"[..],
+        b"\xFF\xD8\xFF\xDA\x00\x02",
+        &read("rgb_1x1.png"),
+    ] {
+        assert_eq!(gfer::image::jpeg_dimensions(not_a_frame), None);
+    }
+}

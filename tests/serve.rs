@@ -103,6 +103,15 @@ async fn predicts_raw_and_multipart_images() {
     );
     assert!(faces[0]["probabilities"]["red"].as_f64().unwrap() > 0.9);
 
+    // Arithmetic-coded, which libjpeg decodes and the `image` crate's header reader refuses.
+    let arithmetic = std::fs::read(common::fixture("images/arithmetic_100x100.jpg")).unwrap();
+    let (status, body) = post(&client, &server.url("/v1/predict"), arithmetic).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["width"].as_u64(), body["height"].as_u64()),
+        (Some(100), Some(100))
+    );
+
     for field_name in ["image", "upload"] {
         let part = reqwest::multipart::Part::bytes(encode(
             &solid([10, 10, 240], 30, 30),

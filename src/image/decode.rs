@@ -315,6 +315,40 @@ fn decode_jpeg_unchecked(
     Ok(img.into_rgb8())
 }
 
+/// Width and height from a JPEG's frame header, without decoding: any frame type
+/// (baseline, progressive, lossless, arithmetic-coded), which the `image` crate's header
+/// reader does not all accept. `None` when no frame header comes before the image data.
+pub fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut at = 2;
+    loop {
+        // A marker: 0xFF (any number of them, as fill) and its code.
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(at + 1)? == 0xFF {
+            at += 1;
+        }
+        let marker = bytes[at + 1];
+        at += 2;
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            continue; // markers without a segment
+        }
+        let be16 = |i: usize| Some(u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]));
+        // SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC): precision, height, width.
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            return Some((u32::from(be16(at + 5)?), u32::from(be16(at + 3)?)));
+        }
+        let length = usize::from(be16(at)?);
+        if marker == 0xDA || length < 2 {
+            return None;
+        }
+        at += length;
+    }
+}
+
 fn is_lossless_jpeg(bytes: &[u8]) -> bool {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.read_info().is_ok()

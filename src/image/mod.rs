@@ -11,7 +11,7 @@ pub mod resample;
 
 pub use ::image::RgbImage;
 pub use augment::{Augment, EraseRect};
-pub use decode::{decode, open, DecodeLimits};
+pub use decode::{decode, jpeg_dimensions, open, DecodeLimits};
 use resample::Filter;
 
 use crate::error::Result;
