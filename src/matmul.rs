@@ -55,6 +55,10 @@ impl PackedWeight {
     pub(crate) fn out(&self) -> usize {
         self.out
     }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
 }
 
 fn own_kernel_available() -> bool {

@@ -80,7 +80,25 @@ impl Linear {
     ) -> Result<Tensor> {
         match &self.0 {
             Weights::Host { weight, bias } => {
-                let rows = x.dim(0)?;
+                let (rows, depth) = x.dims2()?;
+                if depth != weight.depth() {
+                    return Err(Error::config(format!(
+                        "linear layer [{}, {}]: input is {:?}, expected [N, {}]",
+                        weight.out(),
+                        weight.depth(),
+                        x.dims(),
+                        weight.depth()
+                    )));
+                }
+                if let Some(residual) = residual {
+                    if residual.dims() != [rows, weight.out()] {
+                        return Err(Error::config(format!(
+                            "linear layer: residual is {:?}, expected [{rows}, {}]",
+                            residual.dims(),
+                            weight.out()
+                        )));
+                    }
+                }
                 let x = host_f32(x)?;
                 let residual = residual.map(host_f32).transpose()?;
                 let data = on_host([&x], |[xs]| match &residual {
@@ -634,6 +652,19 @@ mod tests {
                 "attention with {queries} queries: relative error {err:e}"
             );
         }
+    }
+
+    #[test]
+    fn wrong_input_shapes_are_errors_that_give_both_shapes() {
+        let layer = Linear::new(random(&[4, 8], 1), random(&[4], 2)).unwrap();
+        let err = layer.forward(&random(&[3, 7], 3)).unwrap_err().to_string();
+        assert!(err.contains("[3, 7]") && err.contains("[N, 8]"), "{err}");
+        let residual = random(&[3, 5], 4);
+        let err = layer
+            .forward_residual(&random(&[3, 8], 5), &residual)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[3, 5]") && err.contains("[3, 4]"), "{err}");
     }
 
     #[test]
