@@ -73,6 +73,9 @@ fn own_kernel_available() -> bool {
 }
 
 fn pack_panels(weight: &[f32], out: usize, depth: usize) -> Vec<f32> {
+    if depth == 0 {
+        return Vec::new();
+    }
     let mut data = vec![0.0f32; out.div_ceil(PANEL) * depth * PANEL];
     for (index, panel) in data.chunks_mut(depth * PANEL).enumerate() {
         for (column, row) in weight[index * PANEL * depth..]
@@ -88,15 +91,15 @@ fn pack_panels(weight: &[f32], out: usize, depth: usize) -> Vec<f32> {
     data
 }
 
-/// `x[m, in] · weightᵀ + bias (+ residual[m, out])` -> `[m, out]`, all row-major.
+/// `x[rows, in] · weightᵀ + bias (+ residual[rows, out])` -> `[rows, out]`, all row-major.
 pub(crate) fn linear(
     x: &[f32],
+    rows: usize,
     weight: &PackedWeight,
     bias: &[f32],
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
     let (out, depth) = (weight.out, weight.depth);
-    let rows = x.len() / depth.max(1);
     assert!(x.len() == rows * depth && bias.len() == out);
     assert!(residual.is_none_or(|r| r.len() == rows * out));
     #[cfg(target_arch = "x86_64")]
@@ -363,13 +366,15 @@ mod tests {
         (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
 
-    /// Every edge: rows not a multiple of 6, columns not a multiple of 16, depths over
+    /// Every edge: no rows, no depth (the bias alone), rows not a multiple of 6, columns not a multiple of 16, depths over
     /// several passes, row counts over several passes, both sides of the threading
     /// threshold; with and without a residual. Compared with a double-precision sum.
     #[test]
     fn matches_a_double_precision_product() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for &(m, n, k) in &[
+            (0, 5, 7),
+            (4, 5, 0),
             (1, 1, 1),
             (3, 5, 7),
             (6, 16, 16),
@@ -400,7 +405,7 @@ mod tests {
                 (&plain, None),
                 (&plain, Some(&residual[..])),
             ] {
-                let y = linear(&x, weight, &bias, residual);
+                let y = linear(&x, m, weight, &bias, residual);
                 for i in 0..m {
                     for j in 0..n {
                         let terms = (0..k).map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64);

@@ -103,9 +103,9 @@ impl Linear {
                 let residual = residual.map(host_f32).transpose()?;
                 let data = on_host([&x], |[xs]| match &residual {
                     Some(r) => on_host([r], |[rs]| {
-                        host::linear(xs, weight, bias, Some(rs), activation)
+                        host::linear(xs, rows, weight, bias, Some(rs), activation)
                     }),
-                    None => Some(host::linear(xs, weight, bias, None, activation)),
+                    None => Some(host::linear(xs, rows, weight, bias, None, activation)),
                 })
                 .flatten()
                 .expect("host_f32 gives contiguous f32 CPU tensors");
@@ -260,16 +260,16 @@ mod host {
         rows.div_ceil(4 * rayon::current_num_threads()).max(1)
     }
 
-    /// `activation(x @ w^T + bias [+ residual])` with x `[N, K]`, w `[O, K]`.
+    /// `activation(x @ w^T + bias [+ residual])` with x `[rows, K]`, w `[O, K]`.
     pub fn linear(
         x: &[f32],
+        rows: usize,
         w: &PackedWeight,
         bias: &[f32],
         residual: Option<&[f32]>,
         activation: Activation,
     ) -> Vec<f32> {
-        let mut y = crate::matmul::linear(x, w, bias, residual);
-        let rows = y.len() / w.out().max(1);
+        let mut y = crate::matmul::linear(x, rows, w, bias, residual);
         let chunks = y.par_chunks_mut(rows_per_task(rows) * w.out().max(1));
         match activation {
             Activation::None => {}
