@@ -3,10 +3,10 @@
 //!
 //! On AVX2+FMA machines without AVX-512 a kernel of our own runs, laid out as ONNX
 //! Runtime's MLAS lays out its f32 products: the weight is repacked once, when the layer
-//! is built, into panels of 16 output columns (`[k][16]` each), and the kernel broadcasts
-//! 6 rows of `x` straight from memory against one panel, keeping the 6x16 block of
-//! results in 12 AVX registers; the bias and the residual are added as the block is
-//! first stored. Elsewhere the `gemm` crate runs on the weight as given (its AVX-512
+//! is built, into panels of 16 output columns (`[k][16]` each); `x` is packed per call into
+//! groups of 6 rows (`[k][6]`); the kernel broadcasts a group against a panel, keeping the
+//! 6x16 block of results in 12 AVX registers, and adds the bias and the residual as the
+//! block is first stored. Elsewhere the `gemm` crate runs on the weight as given (its AVX-512
 //! kernels are the better choice where they exist, and no AVX-512 machine was at hand to
 //! tune ours). Measured on the 2-core AVX2 machine of README's Speed section, `gemm`
 //! repacked the weights on every call (about 7% of a ViT-B/32 forward) and its products
@@ -235,8 +235,9 @@ mod avx2 {
     }
 
     /// `x` as groups of 6 rows, each laid out `[depth][6]` (the last zero-padded), so the
-    /// kernel reads one stream instead of six rows: 10-15% faster products measured
-    /// (wide layers; six row streams a power-of-two stride apart share cache sets).
+    /// kernel reads one stream instead of six rows: about 10% faster on the widest layers
+    /// in interleaved single-thread runs (six streams a large power-of-two stride apart
+    /// share cache sets, the likely reason).
     fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
         let len = rows.div_ceil(ROWS) * ROWS * depth;
         let mut groups = Vec::with_capacity(len);

@@ -1,8 +1,8 @@
 //! The transformer operations the frozen encoders are built from.
 //!
 //! Each has two implementations behind one function: on the CPU with contiguous f32
-//! tensors, fused kernels in plain Rust ([`host`]) that call `gemm` directly and
-//! parallelise with rayon; anywhere else (CUDA, other dtypes), the same maths composed
+//! tensors, fused kernels in plain Rust ([`host`]) on the matrix kernel of
+//! [`crate::matmul`], parallelised with rayon; anywhere else (CUDA, other dtypes), the same maths composed
 //! from candle operations ([`composed`]). Both are tested against each other.
 //!
 //! Measured on a 2-core AVX-512 machine, candle's composed ops spent about a third of a
@@ -100,14 +100,14 @@ impl Linear {
                     }
                 }
                 let x = host_f32(x)?;
-                let residual = residual.map(host_f32).transpose()?;
-                let data = on_host([&x], |[xs]| match &residual {
-                    Some(r) => on_host([r], |[rs]| {
+                let data = match residual.map(host_f32).transpose()? {
+                    Some(r) => on_host([&x, &r], |[xs, rs]| {
                         host::linear(xs, rows, weight, bias, Some(rs), activation)
                     }),
-                    None => Some(host::linear(xs, rows, weight, bias, None, activation)),
-                })
-                .flatten()
+                    None => on_host([&x], |[xs]| {
+                        host::linear(xs, rows, weight, bias, None, activation)
+                    }),
+                }
                 .expect("host_f32 gives contiguous f32 CPU tensors");
                 from_host(data, rows, weight.out())
             }
@@ -467,7 +467,7 @@ mod host {
         /// erf in f32 as a rational approximation (Eigen's `generic_fast_erf_float`, also
         /// used by XLA): within about 1e-6 absolute, and branch-free so it vectorises.
         #[inline(always)]
-        pub fn erf(x: f32) -> f32 {
+        fn erf(x: f32) -> f32 {
             let x = x.clamp(-4.0, 4.0);
             let x2 = x * x;
             let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
