@@ -13,7 +13,7 @@
 //! ran at 90-120 GFLOP/s where OpenBLAS's run at 140-155.
 
 /// Output columns per weight panel: two AVX vectors.
-const PANEL: usize = 16;
+pub(crate) const PANEL: usize = 16;
 /// Rows of `x` per kernel call.
 const ROWS: usize = 6;
 /// Depth of one pass: a panel's `DEPTH x 16` block (16 KiB) stays in the L1 cache while
@@ -24,8 +24,11 @@ const DEPTH: usize = 256;
 const ROWS_PER_PASS: usize = 192;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
+/// Below this many floats a packing runs on the calling thread.
+const PARALLEL_PACKING: usize = 1 << 16;
 
-/// A linear layer's weight `[out, in]` in the layout the product reads.
+/// The right-hand side of a product, a weight `[out, in]` (PyTorch's layout for a linear
+/// layer), in the layout the product reads.
 pub(crate) struct PackedWeight {
     out: usize,
     depth: usize,
@@ -38,18 +41,80 @@ impl PackedWeight {
     /// `weight` is `[out, in]`, row-major.
     pub(crate) fn new(weight: &[f32], out: usize, depth: usize) -> Self {
         assert_eq!(weight.len(), out * depth, "weight is not [{out}, {depth}]");
-        let panels = own_kernel_available();
-        let data = if panels {
-            pack_panels(weight, out, depth)
-        } else {
-            weight.to_vec()
-        };
-        Self {
+        match Self::empty_panels(out, depth) {
+            Some(mut packed) => {
+                packed.pack(weight);
+                packed
+            }
+            None => Self {
+                out,
+                depth,
+                data: weight.to_vec(),
+                panels: false,
+            },
+        }
+    }
+
+    /// Zeroed panels for a right-hand side that changes on every product (a
+    /// convolution's image patches), to be written with [`PackedWeight::fill_panels`];
+    /// `None` where our kernel does not run.
+    pub(crate) fn empty_panels(out: usize, depth: usize) -> Option<Self> {
+        own_kernel_available().then(|| Self {
             out,
             depth,
-            data,
-            panels,
+            data: vec![0.0; out.div_ceil(PANEL) * depth * PANEL],
+            panels: true,
+        })
+    }
+
+    /// Rewrites the panels: `fill(index, panel)` gets panel `index` as `[in][16]`, whose
+    /// entry `(i, c)` is the weight's `[16 index + c, i]`. Columns past `out` are not to be
+    /// written (they stay zero).
+    pub(crate) fn fill_panels(&mut self, fill: impl Fn(usize, &mut [f32]) + Sync) {
+        use rayon::prelude::*;
+        assert!(self.panels, "fill_panels on a weight without panels");
+        let panel_len = self.depth * PANEL;
+        if panel_len == 0 {
+            return;
         }
+        if self.data.len() < PARALLEL_PACKING {
+            let chunks = self.data.chunks_mut(panel_len).enumerate();
+            chunks.for_each(|(i, panel)| fill(i, panel));
+        } else {
+            let chunks = self.data.par_chunks_mut(panel_len).enumerate();
+            chunks.for_each(|(i, panel)| fill(i, panel));
+        }
+    }
+
+    /// Panels from `weight` `[out, in]`, row-major.
+    pub(crate) fn pack(&mut self, weight: &[f32]) {
+        let (out, depth) = (self.out, self.depth);
+        assert_eq!(weight.len(), out * depth, "weight is not [{out}, {depth}]");
+        self.fill_panels(|index, panel| {
+            let rows = weight[index * PANEL * depth..].chunks(depth).take(PANEL);
+            for (column, row) in rows.enumerate() {
+                for (k, &value) in row.iter().enumerate() {
+                    panel[k * PANEL + column] = value;
+                }
+            }
+        });
+    }
+
+    /// Panels from the weight's transpose `[in, out]`, row-major.
+    pub(crate) fn pack_transposed(&mut self, transposed: &[f32]) {
+        let (out, depth) = (self.out, self.depth);
+        assert_eq!(
+            transposed.len(),
+            out * depth,
+            "transpose is not [{depth}, {out}]"
+        );
+        self.fill_panels(|index, panel| {
+            let first = index * PANEL;
+            let columns = PANEL.min(out - first);
+            for (slots, row) in panel.chunks_exact_mut(PANEL).zip(transposed.chunks(out)) {
+                slots[..columns].copy_from_slice(&row[first..first + columns]);
+            }
+        });
     }
 
     pub(crate) fn out(&self) -> usize {
@@ -58,6 +123,39 @@ impl PackedWeight {
 
     pub(crate) fn depth(&self) -> usize {
         self.depth
+    }
+}
+
+/// The left-hand side `x [rows, in]` of a product, packed once where several products
+/// share it (a convolution's weight against every image of a batch).
+pub(crate) struct PackedRows {
+    rows: usize,
+    depth: usize,
+    /// `[rows/6][in][6]` (zero-padded rows) for our kernel, `[rows, in]` otherwise.
+    data: Vec<f32>,
+    groups: bool,
+}
+
+impl PackedRows {
+    pub(crate) fn new(x: &[f32], rows: usize, depth: usize) -> Self {
+        assert_eq!(x.len(), rows * depth, "x is not [{rows}, {depth}]");
+        let groups = own_kernel_available();
+        let data = if groups {
+            #[cfg(target_arch = "x86_64")]
+            {
+                avx2::pack_rows(x, rows, depth, rows * depth >= PARALLEL_PACKING)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("our kernel runs on x86_64 only")
+        } else {
+            x.to_vec()
+        };
+        Self {
+            rows,
+            depth,
+            data,
+            groups,
+        }
     }
 }
 
@@ -72,23 +170,15 @@ fn own_kernel_available() -> bool {
     false
 }
 
-fn pack_panels(weight: &[f32], out: usize, depth: usize) -> Vec<f32> {
-    if depth == 0 {
-        return Vec::new();
-    }
-    let mut data = vec![0.0f32; out.div_ceil(PANEL) * depth * PANEL];
-    for (index, panel) in data.chunks_mut(depth * PANEL).enumerate() {
-        for (column, row) in weight[index * PANEL * depth..]
-            .chunks(depth)
-            .take(PANEL)
-            .enumerate()
-        {
-            for (k, &value) in row.iter().enumerate() {
-                panel[k * PANEL + column] = value;
-            }
-        }
-    }
-    data
+/// What the sums of a product start from.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// `bias[out]` on every row, plus `residual[rows, out]` when given.
+    Bias(&'a [f32], Option<&'a [f32]>),
+    /// Zero.
+    Zero,
+    /// What the output holds: `y += x · wᵀ`.
+    Output,
 }
 
 /// `x[rows, in] · weightᵀ + bias (+ residual[rows, out])` -> `[rows, out]`, all row-major.
@@ -99,23 +189,86 @@ pub(crate) fn linear(
     bias: &[f32],
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (out, depth) = (weight.out, weight.depth);
-    assert!(x.len() == rows * depth && bias.len() == out);
-    assert!(residual.is_none_or(|r| r.len() == rows * out));
+    let start = Start::Bias(bias, residual);
+    let len = rows * weight.out;
     #[cfg(target_arch = "x86_64")]
-    if weight.panels && depth > 0 {
-        // SAFETY: panels are only made where own_kernel_available() (AVX2, FMA).
-        return unsafe { avx2::linear(x, weight, bias, residual, rows) };
+    if weight.panels && weight.depth > 0 {
+        check_shapes(x.len(), rows, weight, start, len);
+        let x = PackedRows {
+            rows,
+            depth: weight.depth,
+            data: avx2::pack_rows(x, rows, weight.depth, rows * len >= PARALLEL_WORK),
+            groups: true,
+        };
+        let mut y = Vec::with_capacity(len);
+        // SAFETY: panels are only made where our kernel runs (AVX2, FMA); starting from the
+        // bias, the kernel writes every element of `y` without reading it.
+        unsafe {
+            avx2::product(&x, weight, start, y.as_mut_ptr());
+            y.set_len(len);
+        }
+        return y;
     }
-    let mut y = match residual {
-        None => bias.repeat(rows),
-        Some(residual) => residual
-            .chunks_exact(out.max(1))
-            .flat_map(|row| row.iter().zip(bias).map(|(r, b)| r + b))
-            .collect(),
+    let x = PackedRows {
+        rows,
+        depth: weight.depth,
+        data: x.to_vec(),
+        groups: false,
     };
-    gemm_crate(x, &weight.data, &mut y, rows, out, depth);
+    let mut y = vec![0.0; len];
+    product_into(&x, weight, start, &mut y);
     y
+}
+
+/// `y[rows, out] = start + x · weightᵀ`, all row-major.
+pub(crate) fn product_into(x: &PackedRows, weight: &PackedWeight, start: Start, y: &mut [f32]) {
+    check_shapes(x.rows * x.depth, x.rows, weight, start, y.len());
+    assert_eq!(
+        x.depth, weight.depth,
+        "x has depth {}, the weight {}",
+        x.depth, weight.depth
+    );
+    assert!(
+        x.groups == weight.panels || weight.depth == 0,
+        "x and the weight are packed for different kernels"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if weight.panels && weight.depth > 0 {
+        // SAFETY: panels are only made where our kernel runs (AVX2, FMA); y has the
+        // output's length (checked above).
+        unsafe { avx2::product(x, weight, start, y.as_mut_ptr()) };
+        return;
+    }
+    let out = weight.out.max(1);
+    match start {
+        Start::Bias(bias, residual) => {
+            for (i, row) in y.chunks_exact_mut(out).enumerate() {
+                row.copy_from_slice(bias);
+                if let Some(residual) = residual {
+                    let residual = &residual[i * out..(i + 1) * out];
+                    row.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+                }
+            }
+        }
+        Start::Zero => y.fill(0.0),
+        Start::Output => {}
+    }
+    if !weight.panels {
+        gemm_crate(&x.data, &weight.data, y, x.rows, weight.out, weight.depth);
+    }
+}
+
+fn check_shapes(x_len: usize, rows: usize, weight: &PackedWeight, start: Start, y_len: usize) {
+    let (out, depth) = (weight.out, weight.depth);
+    assert_eq!(x_len, rows * depth, "x is not [{rows}, {depth}]");
+    assert_eq!(y_len, rows * out, "the output is not [{rows}, {out}]");
+    if let Start::Bias(bias, residual) = start {
+        assert_eq!(bias.len(), out, "the bias is not [{out}]");
+        assert!(
+            residual.is_none_or(|r| r.len() == rows * out),
+            "the residual is not [{rows}, {out}]"
+        );
+    }
 }
 
 /// `c[m, n] += a[m, k] · b[n, k]ᵀ` with the `gemm` crate.
@@ -157,7 +310,9 @@ fn gemm_crate(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize)
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PackedWeight, DEPTH, PANEL, PARALLEL_WORK, ROWS, ROWS_PER_PASS};
+    use super::{
+        PackedRows, PackedWeight, Start, DEPTH, PANEL, PARALLEL_WORK, ROWS, ROWS_PER_PASS,
+    };
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
@@ -167,16 +322,11 @@ mod avx2 {
     unsafe impl Sync for Output {}
 
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `weight` holds panels; lengths as checked by the
-    /// caller.
-    pub(super) unsafe fn linear(
-        x: &[f32],
-        weight: &PackedWeight,
-        bias: &[f32],
-        residual: Option<&[f32]>,
-        rows: usize,
-    ) -> Vec<f32> {
-        let (out, depth) = (weight.out, weight.depth);
+    /// The CPU must have AVX2 and FMA; `x` holds row groups and `weight` panels of the
+    /// same depth; `y` has room for `[x.rows, weight.out]` and, when `start` is
+    /// [`Start::Output`], holds values.
+    pub(super) unsafe fn product(x: &PackedRows, weight: &PackedWeight, start: Start, y: *mut f32) {
+        let (rows, out, depth) = (x.rows, weight.out, weight.depth);
         let panels = out.div_ceil(PANEL);
         let tasks = if rows * out * depth < PARALLEL_WORK {
             1
@@ -184,9 +334,7 @@ mod avx2 {
             rayon::current_num_threads().clamp(1, panels)
         };
         let per_task = panels.div_ceil(tasks);
-        let groups = pack_rows(x, rows, depth, tasks > 1);
-        let mut y: Vec<f32> = Vec::with_capacity(rows * out);
-        let output = Output(y.as_mut_ptr());
+        let output = Output(y);
         let run = |task: usize| {
             let output = &output;
             let task_panels = task * per_task..((task + 1) * per_task).min(panels);
@@ -199,13 +347,19 @@ mod avx2 {
                         let tile = Tile {
                             columns: PANEL.min(out - n0),
                             stride: out,
-                            // First pass: the bias (and residual) start the sum.
-                            start: (k0 == 0).then(|| (&bias[n0..], residual.map(|r| &r[n0..]))),
+                            // Later passes add to what the first one stored.
+                            start: match (k0, start) {
+                                (0, Start::Bias(bias, residual)) => {
+                                    Start::Bias(&bias[n0..], residual.map(|r| &r[n0..]))
+                                }
+                                (0, start) => start,
+                                _ => Start::Output,
+                            },
                         };
                         let b = weight.data[(panel * depth + k0) * PANEL..].as_ptr();
                         for first_row in pass_rows.clone().step_by(ROWS) {
                             let valid = ROWS.min(pass_rows.end - first_row);
-                            let a = groups[(first_row * depth + k0 * ROWS)..].as_ptr();
+                            let a = x.data[(first_row * depth + k0 * ROWS)..].as_ptr();
                             // SAFETY: rows first_row.. and columns n0.. of y belong to
                             // this task; a and b have pass_depth x 6 and x 16 floats left.
                             unsafe {
@@ -229,17 +383,17 @@ mod avx2 {
         } else {
             (0..tasks).into_par_iter().for_each(run);
         }
-        // SAFETY: the first pass wrote every element of every row and column.
-        unsafe { y.set_len(rows * out) };
-        y
     }
 
     /// `x` as groups of 6 rows, each laid out `[depth][6]` (the last zero-padded), so the
     /// kernel reads one stream instead of six rows: about 10% faster on the widest layers
     /// in interleaved single-thread runs (six streams a large power-of-two stride apart
     /// share cache sets, the likely reason).
-    fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
+    pub(super) fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
         let len = rows.div_ceil(ROWS) * ROWS * depth;
+        if len == 0 {
+            return Vec::new();
+        }
         let mut groups = Vec::with_capacity(len);
         let pack = |(index, group): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             let first = index * ROWS;
@@ -272,9 +426,8 @@ mod avx2 {
         columns: usize,
         /// Row stride of the output (and the residual).
         stride: usize,
-        /// On the first pass, the bias and residual from this panel's first column on;
-        /// later passes add to what the output holds.
-        start: Option<(&'a [f32], Option<&'a [f32]>)>,
+        /// What the sums start from, bias and residual from this panel's first column on.
+        start: Start<'a>,
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -303,7 +456,7 @@ mod avx2 {
         let columns = tile.columns;
         let rows = acc.iter().enumerate().take(valid_rows);
         match tile.start {
-            Some((bias, residual)) => {
+            Start::Bias(bias, residual) => {
                 let (b0, b1) = load(bias.as_ptr(), columns);
                 for (r, acc) in rows {
                     let (s0, s1) = match residual {
@@ -318,7 +471,12 @@ mod avx2 {
                     store(y.add(r * tile.stride), columns, sums);
                 }
             }
-            None => {
+            Start::Zero => {
+                for (r, acc) in rows {
+                    store(y.add(r * tile.stride), columns, (acc[0], acc[1]));
+                }
+            }
+            Start::Output => {
                 for (r, acc) in rows {
                     let y_row = y.add(r * tile.stride);
                     let (y0, y1) = load(y_row, columns);
@@ -367,9 +525,12 @@ mod tests {
         (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
 
-    /// Every edge: no rows, no depth (the bias alone), rows not a multiple of 6, columns not a multiple of 16, depths over
-    /// several passes, row counts over several passes, both sides of the threading
-    /// threshold; with and without a residual. Compared with a double-precision sum.
+    /// Every edge: no rows, no depth (the start alone), rows not a multiple of 6, columns
+    /// not a multiple of 16, depths over several passes, row counts over several passes,
+    /// both sides of the threading threshold; every start (bias, bias and residual, zero,
+    /// the output's values); weights packed from either orientation, and the `gemm`
+    /// crate's path, which machines without our kernel take. Compared with a
+    /// double-precision sum.
     #[test]
     fn matches_a_double_precision_product() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -390,34 +551,67 @@ mod tests {
                 random(n * k, &mut rng),
                 random(n, &mut rng),
             );
-            let residual = random(m * n, &mut rng);
+            let (residual, held) = (random(m * n, &mut rng), random(m * n, &mut rng));
             let packed = PackedWeight::new(&w, n, k);
             assert_eq!(packed.panels, own_kernel_available());
-            // The `gemm` crate's path, which machines without our kernel take.
+            let transposed: Vec<f32> = (0..k)
+                .flat_map(|kk| (0..n).map(|j| w[j * k + kk]).collect::<Vec<_>>())
+                .collect();
+            if let Some(mut from_transpose) = PackedWeight::empty_panels(n, k) {
+                from_transpose.pack_transposed(&transposed);
+                assert_eq!(from_transpose.data, packed.data, "{m}x{n}x{k}");
+            }
             let plain = PackedWeight {
                 out: n,
                 depth: k,
                 data: w.clone(),
                 panels: false,
             };
-            for (weight, residual) in [
-                (&packed, None),
-                (&packed, Some(&residual[..])),
-                (&plain, None),
-                (&plain, Some(&residual[..])),
-            ] {
-                let y = linear(&x, m, weight, &bias, residual);
+            let plain_rows = PackedRows {
+                rows: m,
+                depth: k,
+                data: x.clone(),
+                groups: false,
+            };
+            let rows = PackedRows::new(&x, m, k);
+            // (what, result, the start's value at (i, j))
+            let mut results: Vec<(String, Vec<f32>, Box<dyn Fn(usize, usize) -> f64>)> = vec![];
+            for (path, weight, rows) in [("ours", &packed, &rows), ("gemm", &plain, &plain_rows)] {
+                let (bias, residual, held) = (bias.clone(), residual.clone(), held.clone());
+                results.push((
+                    format!("{path} linear"),
+                    linear(&x, m, weight, &bias, None),
+                    Box::new({
+                        let bias = bias.clone();
+                        move |_, j| bias[j] as f64
+                    }),
+                ));
+                results.push((
+                    format!("{path} linear with residual"),
+                    linear(&x, m, weight, &bias, Some(&residual)),
+                    Box::new(move |i, j| bias[j] as f64 + residual[i * n + j] as f64),
+                ));
+                let mut y = held.clone();
+                product_into(rows, weight, Start::Zero, &mut y);
+                results.push((format!("{path} from zero"), y, Box::new(|_, _| 0.0)));
+                let mut y = held.clone();
+                product_into(rows, weight, Start::Output, &mut y);
+                results.push((
+                    format!("{path} onto the output"),
+                    y,
+                    Box::new(move |i, j| held[i * n + j] as f64),
+                ));
+            }
+            for (what, y, start) in &results {
                 for i in 0..m {
                     for j in 0..n {
                         let terms = (0..k).map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64);
-                        let exact = bias[j] as f64
-                            + residual.map_or(0.0, |r| r[i * n + j] as f64)
-                            + terms.clone().sum::<f64>();
+                        let exact = start(i, j) + terms.clone().sum::<f64>();
                         // f32 rounding grows with the size of the terms, not of the sum.
                         let tolerance = 1e-6 * (1.0 + terms.map(f64::abs).sum::<f64>());
                         assert!(
                             (y[i * n + j] as f64 - exact).abs() <= tolerance,
-                            "{m}x{n}x{k} at ({i},{j}): {} vs {exact}",
+                            "{what} {m}x{n}x{k} at ({i},{j}): {} vs {exact}",
                             y[i * n + j]
                         );
                     }

@@ -7,7 +7,8 @@
 //!
 //! [`conv2d`]: candle's CPU backward pass of a convolution runs a naive transposed
 //! convolution for the input gradient; on the CPU this one is a custom op whose forward
-//! and backward passes are im2col/col2im around GEMMs. Other devices use candle's.
+//! and backward passes are im2col/col2im around GEMMs: in f32 on gfer's own matrix kernel
+//! where it runs (`conv_panels`), else on the `gemm` crate. Other devices use candle's.
 //!
 //! [`batch_norm_train`]: training-mode batch normalisation built from tensor ops makes
 //! about twenty passes over each activation (forward and backward); on the CPU this one is
@@ -20,6 +21,8 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
+
+mod conv_panels;
 
 /// Square max-pooling of `[N,C,H,W]` with `kernel`, `stride` and `padding` (padded cells
 /// never win), output side `(side + 2 padding - kernel) / stride + 1` as in PyTorch
@@ -154,6 +157,8 @@ pub(crate) trait Float:
     fn from_f64(value: f64) -> Self;
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     fn into_storage(values: Vec<Self>) -> CpuStorage;
+    /// The values as f32, for the f32-only matrix kernel.
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
 }
 
 impl Float for f32 {
@@ -178,6 +183,9 @@ impl Float for f32 {
     fn into_storage(values: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(values)
     }
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
 }
 
 impl Float for f64 {
@@ -201,6 +209,9 @@ impl Float for f64 {
     }
     fn into_storage(values: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(values)
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -317,6 +328,10 @@ fn pool_backward<T: Float>(
         .par_chunks_mut(h * w)
         .zip(input.par_chunks(h * w).zip(grad_out.par_chunks(ho * wo)))
         .for_each(|(grad_plane, (plane, grad_out_plane))| {
+            // Written before the sums read it: a fresh allocation's first read maps the
+            // shared zero page, and the first write then copies it and flushes the TLBs
+            // of every core (about 5% of a full-recipe step in `perf`).
+            grad_plane.fill(T::ZERO);
             for oy in 0..ho {
                 for ox in 0..wo {
                     if let Some(i) = pool.arg_max(plane, h, w, oy, ox) {
@@ -639,6 +654,17 @@ impl CustomOp2 for ConvWeightGrad {
     }
 }
 
+/// `run` on f32 operands where gfer's matrix kernel runs (see `conv_panels`); `None`
+/// sends the caller to the generic path.
+fn on_panels<T: Float>(
+    a: &[T],
+    b: &[T],
+    run: impl FnOnce(&[f32], &[f32]) -> Option<Vec<f32>>,
+) -> Option<CpuStorage> {
+    let values = run(T::as_f32(a)?, T::as_f32(b)?)?;
+    Some(CpuStorage::F32(values))
+}
+
 fn conv_forward<T: Float>(
     conv: &Conv,
     s1: &CpuStorage,
@@ -649,6 +675,10 @@ fn conv_forward<T: Float>(
     let g = conv.geometry(l1.dims(), l2.dims())?;
     let x = contiguous::<T>(s1, l1, "conv2d input")?;
     let weight = contiguous::<T>(s2, l2, "conv2d weight")?;
+    let shape = Shape::from((g.n, g.cout, g.ho, g.wo));
+    if let Some(out) = on_panels(x, weight, |x, weight| conv.forward_on_panels(&g, x, weight)) {
+        return Ok((out, shape));
+    }
     let (k, p) = (g.k(), g.p());
     let mut out = vec![T::ZERO; g.n * g.cout * p];
     let mut col = vec![T::ZERO; if conv.is_pointwise(&g) { 0 } else { k * p }];
@@ -669,7 +699,7 @@ fn conv_forward<T: Float>(
             Mat::rows(col, p),
         )?;
     }
-    Ok((T::into_storage(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    Ok((T::into_storage(out), shape))
 }
 
 fn conv_input_grad<T: Float>(
@@ -689,6 +719,11 @@ fn conv_input_grad<T: Float>(
     }
     let grad = contiguous::<T>(s1, l1, "conv2d output gradient")?;
     let weight = contiguous::<T>(s2, l2, "conv2d weight")?;
+    let shape = Shape::from((g.n, g.cin, g.h, g.w));
+    let on_kernel = |grad: &[f32], weight: &[f32]| op.conv.input_grad_on_panels(&g, grad, weight);
+    if let Some(grad_x) = on_panels(grad, weight, on_kernel) {
+        return Ok((grad_x, shape));
+    }
     let (k, p) = (g.k(), g.p());
     let mut grad_x = vec![T::ZERO; g.n * g.cin * g.h * g.w];
     let pointwise = op.conv.is_pointwise(&g);
@@ -716,7 +751,7 @@ fn conv_input_grad<T: Float>(
             op.conv.col2im(&g, &col, grad_image);
         }
     }
-    Ok((T::into_storage(grad_x), Shape::from((g.n, g.cin, g.h, g.w))))
+    Ok((T::into_storage(grad_x), shape))
 }
 
 fn conv_weight_grad<T: Float>(
@@ -736,6 +771,12 @@ fn conv_weight_grad<T: Float>(
     }
     let x = contiguous::<T>(s1, l1, "conv2d input")?;
     let grad = contiguous::<T>(s2, l2, "conv2d output gradient")?;
+    let shape = Shape::from((g.cout, g.cin, g.kh, g.kw));
+    if let Some(grad_w) = on_panels(x, grad, |x, grad| {
+        op.conv.weight_grad_on_panels(&g, x, grad)
+    }) {
+        return Ok((grad_w, shape));
+    }
     let (k, p) = (g.k(), g.p());
     let mut grad_w = vec![T::ZERO; g.cout * k];
     let pointwise = op.conv.is_pointwise(&g);
@@ -762,10 +803,7 @@ fn conv_weight_grad<T: Float>(
             Mat::transposed(col, p),
         )?;
     }
-    Ok((
-        T::into_storage(grad_w),
-        Shape::from((g.cout, g.cin, g.kh, g.kw)),
-    ))
+    Ok((T::into_storage(grad_w), shape))
 }
 
 /// Training-mode batch normalisation of `[N,C,H,W]`: each channel minus its batch mean,
@@ -1176,6 +1214,11 @@ mod tests {
             ((2, 4, 8, 8), (6, 4, 3, 3), 2, 1),
             ((2, 4, 7, 7), (6, 4, 1, 1), 2, 0),
             ((2, 4, 6, 6), (3, 4, 1, 1), 1, 0),
+            // Large enough for the matrix kernel's threads, several passes over the depth
+            // (k = 360 > 256) and pixel counts off the 16-wide panels.
+            ((2, 16, 20, 20), (32, 16, 3, 3), 1, 1),
+            ((1, 40, 9, 9), (8, 40, 3, 3), 1, 1),
+            ((2, 24, 23, 23), (40, 24, 1, 1), 1, 0),
         ];
         for ((x_shape, w_shape, stride, padding), (dtype, tol)) in cases
             .into_iter()
