@@ -164,14 +164,14 @@ impl BasicBlock {
 
     /// `final_relu` false leaves out the ReLU after the residual sum.
     fn forward_t(&self, x: &Tensor, train: bool, final_relu: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let y = ops::relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
         let sum = (y + shortcut)?;
-        Ok(if final_relu { sum.relu()? } else { sum })
+        Ok(if final_relu { ops::relu(&sum)? } else { sum })
     }
 
     fn batch_norms(&self) -> Vec<&BatchNorm2d> {
@@ -231,7 +231,7 @@ impl ResNet18 {
     /// batch statistics (and updates the running ones). `final_relu` false leaves out the
     /// very last ReLU, so the output can be negative (the unrestricted mask).
     pub fn forward_t(&self, x: &Tensor, train: bool, final_relu: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let x = ops::relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
         let last = self.blocks.len() - 1;
         for (i, block) in self.blocks.iter().enumerate() {
