@@ -197,7 +197,7 @@ pub(crate) fn linear(
         let x = PackedRows {
             rows,
             depth: weight.depth,
-            data: avx2::pack_rows(x, rows, weight.depth, rows * len >= PARALLEL_WORK),
+            data: avx2::pack_rows(x, rows, weight.depth, len * weight.depth >= PARALLEL_WORK),
             groups: true,
         };
         let mut y = Vec::with_capacity(len);
