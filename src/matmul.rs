@@ -1,5 +1,8 @@
 //! `x · wᵀ + bias (+ residual)` for f32 row-major matrices on the CPU: the linear layers
-//! of the frozen encoders, whose weight `w` (PyTorch's `[out, in]`) never changes.
+//! of the frozen encoders, whose weight `w` (PyTorch's `[out, in]`) never changes, and the
+//! mask network's convolutions, whose image patches are written straight into the panel
+//! layout below ([`PackedWeight::fill_panels`], `model::ops::conv_panels`) and whose
+//! weight is packed once per batch ([`PackedRows`]).
 //!
 //! On AVX2+FMA machines without AVX-512 a kernel of our own runs, laid out as ONNX
 //! Runtime's MLAS lays out its f32 products: the weight is repacked once, when the layer

@@ -250,8 +250,9 @@ macro_rules! by_dtype {
     };
 }
 
-/// `max(x, 0)` element-wise (NaN stays NaN); the gradient passes where the output is
-/// positive. Differentiable on every device.
+/// `max(x, 0)` element-wise (NaN stays NaN); on the CPU the gradient passes where the
+/// output is positive, as in PyTorch (elsewhere candle's ReLU, whose gradient also passes
+/// at exactly zero). Differentiable on every device.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if on_cpu_kernels(x) {
         x.contiguous()?.apply_op1(Relu)
