@@ -412,7 +412,7 @@ fn pool_backward<T: Float>(
         .for_each(|(grad_plane, (plane, grad_out_plane))| {
             // Written before the sums read it: a fresh allocation's first read maps the
             // shared zero page, and the first write then copies it and flushes the TLBs
-            // of every core (about 5% of a full-recipe step in `perf`).
+            // of every core (about 4% of a full-recipe step in `perf`).
             grad_plane.fill(T::ZERO);
             for oy in 0..ho {
                 for ox in 0..wo {
