@@ -194,15 +194,10 @@ pub(crate) fn linear(
 ) -> Vec<f32> {
     let start = Start::Bias(bias, residual);
     let len = rows * weight.out;
+    check_shapes(x.len(), rows, weight, start, len);
     #[cfg(target_arch = "x86_64")]
     if weight.panels && weight.depth > 0 {
-        check_shapes(x.len(), rows, weight, start, len);
-        let x = PackedRows {
-            rows,
-            depth: weight.depth,
-            data: avx2::pack_rows(x, rows, weight.depth, len * weight.depth >= PARALLEL_WORK),
-            groups: true,
-        };
+        let x = PackedRows::new(x, rows, weight.depth);
         let mut y = Vec::with_capacity(len);
         // SAFETY: panels are only made where our kernel runs (AVX2, FMA); starting from the
         // bias, the kernel writes every element of `y` without reading it.
@@ -212,14 +207,11 @@ pub(crate) fn linear(
         }
         return y;
     }
-    let x = PackedRows {
-        rows,
-        depth: weight.depth,
-        data: x.to_vec(),
-        groups: false,
-    };
     let mut y = vec![0.0; len];
-    product_into(&x, weight, start, &mut y);
+    begin(start, &mut y, weight.out);
+    if !weight.panels {
+        gemm_crate(x, &weight.data, &mut y, rows, weight.out, weight.depth);
+    }
     y
 }
 
@@ -242,7 +234,16 @@ pub(crate) fn product_into(x: &PackedRows, weight: &PackedWeight, start: Start, 
         unsafe { avx2::product(x, weight, start, y.as_mut_ptr()) };
         return;
     }
-    let out = weight.out.max(1);
+    begin(start, y, weight.out);
+    if !weight.panels {
+        gemm_crate(&x.data, &weight.data, y, x.rows, weight.out, weight.depth);
+    }
+}
+
+/// Writes the values a product's sums start from into `y` `[rows, out]`, for the `gemm`
+/// crate's path (and empty depths), which adds the product onto them.
+fn begin(start: Start, y: &mut [f32], out: usize) {
+    let out = out.max(1);
     match start {
         Start::Bias(bias, residual) => {
             for (i, row) in y.chunks_exact_mut(out).enumerate() {
@@ -255,9 +256,6 @@ pub(crate) fn product_into(x: &PackedRows, weight: &PackedWeight, start: Start, 
         }
         Start::Zero => y.fill(0.0),
         Start::Output => {}
-    }
-    if !weight.panels {
-        gemm_crate(&x.data, &weight.data, y, x.rows, weight.out, weight.depth);
     }
 }
 
