@@ -28,7 +28,7 @@ pub mod run;
 
 use crate::detect::{square_crop, FaceDetector, Rect, SeetaFaceDetector};
 use crate::error::{Error, Result};
-use crate::inference::{argmax, ExpressionModel};
+use crate::model::inference::{argmax, ExpressionModel};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;

@@ -85,14 +85,14 @@ fn converted_onnx_backbone_matches_onnxruntime_on_real_photos() {
     // final layernorm's 2.
     assert_eq!(summary.tensors, 4 + 12 * 18 + 2);
 
-    let file = gfer::tensorfile::load(&converted, &Device::Cpu).unwrap();
+    let file = gfer::formats::tensorfile::load(&converted, &Device::Cpu).unwrap();
     assert_eq!(file.metadata["source_sha256"], summary.source_sha256);
     assert_eq!(
         file.tensors["embeddings.position_embeddings"].dims(),
         &[1, 257, 384]
     );
 
-    let reference = gfer::tensorfile::load(&reference, &Device::Cpu).unwrap();
+    let reference = gfer::formats::tensorfile::load(&reference, &Device::Cpu).unwrap();
     let pixels = &reference.tensors["pixels"];
     let expected = &reference.tensors["tokens"];
     let encoder = Dinov2Encoder::load(&converted, &Device::Cpu).unwrap();
@@ -112,7 +112,7 @@ fn converted_onnx_backbone_matches_onnxruntime_on_real_photos() {
 #[test]
 fn hugging_face_layout_matches_transformers() {
     let path = common::fixture("dinov2/tiny_hf.safetensors");
-    let reference = gfer::tensorfile::load(
+    let reference = gfer::formats::tensorfile::load(
         &common::fixture("dinov2/tiny_reference.safetensors"),
         &Device::Cpu,
     )
@@ -142,7 +142,7 @@ fn hugging_face_layout_matches_transformers() {
 #[test]
 fn meta_layout_matches_transformers_with_metas_position_resize() {
     let path = common::fixture("dinov2/tiny_meta.pth");
-    let reference = gfer::tensorfile::load(
+    let reference = gfer::formats::tensorfile::load(
         &common::fixture("dinov2/tiny_reference.safetensors"),
         &Device::Cpu,
     )
@@ -178,7 +178,7 @@ fn meta_layout_matches_transformers_with_metas_position_resize() {
 #[test]
 fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
     let path = common::fixture("dinov2/tiny_hf.safetensors");
-    let reference = gfer::tensorfile::load(
+    let reference = gfer::formats::tensorfile::load(
         &common::fixture("dinov2/tiny_tokens.safetensors"),
         &Device::Cpu,
     )

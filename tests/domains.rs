@@ -4,8 +4,8 @@
 mod common;
 
 use gfer::data::LoadOptions;
-use gfer::domains::avatars::{self, AvatarParts};
-use gfer::domains::{self, emoji, BuildOptions, DomainSummary, MANIFEST};
+use gfer::experiments::domains::avatars::{self, AvatarParts};
+use gfer::experiments::domains::{self, emoji, BuildOptions, DomainSummary, MANIFEST};
 use gfer::Expression;
 use image::RgbImage;
 use rand::SeedableRng;

@@ -58,7 +58,7 @@ fn extract_reports_bad_images_and_writes_the_rest() {
         "the huge image is refused for its size: {huge}"
     );
 
-    let set = gfer::features::FeatureSet::load(&out).expect("features file");
+    let set = gfer::backbone::features::FeatureSet::load(&out).expect("features file");
     assert_eq!(set.len(), 3);
     assert_eq!(set.dim, 32);
     assert!(set

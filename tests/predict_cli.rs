@@ -409,9 +409,12 @@ fn synthetic_photos(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
 #[test]
 fn a_real_bundle_predicts_exactly_as_the_model_does() {
     let (bundle, weights) = predict_support::tiny_bundle();
-    let model =
-        gfer::inference::ExpressionModel::load(bundle, Some(weights), &candle_core::Device::Cpu)
-            .unwrap();
+    let model = gfer::model::inference::ExpressionModel::load(
+        bundle,
+        Some(weights),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let options = PredictOptions {
         detect: false,
         batch_size: 5,

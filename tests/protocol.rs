@@ -6,13 +6,13 @@ mod common;
 use candle_core::Device;
 use gfer::backbone::{load_encoder, Encoder};
 use gfer::data::ImageSource;
-use gfer::eval::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
+use gfer::experiments::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
 use gfer::image::{Preprocess, Preset};
 use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
 use gfer::train::cache::{self, CacheKey};
-use gfer::train::session::{FastConfig, TrainConfig};
-use gfer::train::trainer::Recipe;
+use gfer::train::fit::Recipe;
+use gfer::train::run::{FastConfig, TrainConfig};
 use std::sync::atomic::AtomicBool;
 
 #[test]
@@ -173,11 +173,11 @@ fn the_cache_recomputes_exactly_what_a_change_affects() {
     assert_eq!((clean, views), ((0, 5), (0, 5)));
     // Other encoder weights: everything is encoded again.
     let other = dir.path().join("other.safetensors");
-    let mut file = gfer::tensorfile::load(&common::tiny_clip(), &device).expect("load");
+    let mut file = gfer::formats::tensorfile::load(&common::tiny_clip(), &device).expect("load");
     let t = file.tensors["visual_projection.weight"].clone();
     file.tensors
         .insert("visual_projection.weight".into(), (t * 2.0).expect("scale"));
-    gfer::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
+    gfer::formats::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
     let other = load_encoder(None, &other, &device).expect("other encoder");
     let (_, _, clean, views) = build(other.as_ref(), 1, 5);
     assert_eq!((clean, views), ((5, 0), (5, 0)));

@@ -6,11 +6,11 @@ mod common;
 
 use candle_core::Device;
 use gfer::image::Preset;
-use gfer::inference::ExpressionModel;
 use gfer::model::classifier::{MaskInput, Method};
+use gfer::model::inference::ExpressionModel;
 use gfer::model::CafeConfig;
-use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
-use gfer::train::trainer::Recipe;
+use gfer::train::fit::Recipe;
+use gfer::train::run::{self, FastConfig, RunOutcome, TrainConfig};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -41,7 +41,7 @@ fn config(data: String, method: Method, epochs: usize, fast: Option<FastConfig>)
 
 fn train(cfg: &TrainConfig, out: &Path, max_steps: Option<usize>) -> RunOutcome {
     let progress = indicatif::ProgressBar::hidden();
-    session::run(
+    run::run(
         cfg,
         out,
         &AtomicBool::new(false),
@@ -53,7 +53,7 @@ fn train(cfg: &TrainConfig, out: &Path, max_steps: Option<usize>) -> RunOutcome 
 }
 
 fn tensors(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
-    let file = gfer::tensorfile::load(path, &Device::Cpu).expect("bundle loads");
+    let file = gfer::formats::tensorfile::load(path, &Device::Cpu).expect("bundle loads");
     file.tensors
         .into_iter()
         .map(|(k, t)| {
@@ -86,14 +86,14 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         RunOutcome::Interrupted { epoch, step, .. } => assert_eq!((epoch, step), (1, 1)),
         RunOutcome::Finished(_) => panic!("the run should have stopped after 4 steps"),
     }
-    assert!(!resumed.join(session::FINAL_BUNDLE).exists());
+    assert!(!resumed.join(run::FINAL_BUNDLE).exists());
     assert!(matches!(
         train(&cfg, &resumed, None),
         RunOutcome::Finished(_)
     ));
 
-    let a = tensors(&straight.join(session::FINAL_BUNDLE));
-    let b = tensors(&resumed.join(session::FINAL_BUNDLE));
+    let a = tensors(&straight.join(run::FINAL_BUNDLE));
+    let b = tensors(&resumed.join(run::FINAL_BUNDLE));
     assert_eq!(a.len(), b.len());
     for (name, values) in &a {
         assert_eq!(Some(values), b.get(name), "{name} differs after resuming");
@@ -151,7 +151,7 @@ fn a_truncated_or_foreign_checkpoint_is_refused_clearly() {
     let bytes = std::fs::read(&checkpoint).expect("checkpoint");
     std::fs::write(&checkpoint, &bytes[..bytes.len() / 2]).expect("truncate");
     let progress = indicatif::ProgressBar::hidden();
-    let err = session::run(
+    let err = run::run(
         &cfg,
         &run,
         &AtomicBool::new(false),
@@ -168,7 +168,7 @@ fn a_truncated_or_foreign_checkpoint_is_refused_clearly() {
     );
 
     std::fs::write(&checkpoint, b"not a checkpoint at all, just text").expect("write");
-    let err = session::run(
+    let err = run::run(
         &cfg,
         &run,
         &AtomicBool::new(false),
@@ -230,11 +230,12 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
 
     // Other encoder weights are refused, naming the mismatch.
     let other = dir.path().join("other.safetensors");
-    let mut file = gfer::tensorfile::load(&common::tiny_clip(), &Device::Cpu).expect("load");
+    let mut file =
+        gfer::formats::tensorfile::load(&common::tiny_clip(), &Device::Cpu).expect("load");
     let t = file.tensors["visual_projection.weight"].clone();
     file.tensors
         .insert("visual_projection.weight".into(), (t * 2.0).expect("scale"));
-    gfer::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
+    gfer::formats::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
     let err = ExpressionModel::load(&report.bundle, Some(&other), &Device::Cpu)
         .err()
         .expect("refused")
@@ -403,7 +404,7 @@ fn fast_generator_end_to_end(
         let face = &p.faces[0];
         assert_eq!(
             face.label,
-            gfer::Expression::names()[gfer::inference::argmax(e)]
+            gfer::Expression::names()[gfer::model::inference::argmax(e)]
         );
         for (a, b) in face.probabilities.iter().zip(e) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
@@ -429,7 +430,7 @@ fn fast_mode_with_a_frozen_resnet18_generator_learns_and_its_bundle_carries_the_
         }),
     );
     let progress = indicatif::ProgressBar::hidden();
-    let err = session::run(
+    let err = run::run(
         &cfg,
         &dir.path().join("refused"),
         &AtomicBool::new(false),
@@ -480,7 +481,7 @@ fn fast_mode_with_an_encoder_token_generator_learns_and_evaluates() {
     common::write_folder_dataset(&dir.path().join("few"), 1, 1);
     cfg.data = format!("folder:{}", dir.path().join("few").display());
     let progress = indicatif::ProgressBar::hidden();
-    let err = session::run(
+    let err = run::run(
         &cfg,
         &dir.path().join("refused"),
         &AtomicBool::new(false),

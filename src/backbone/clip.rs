@@ -14,8 +14,9 @@
 //! Every layer uses QuickGELU (`x * sigmoid(1.702 x)`), as OpenAI's CLIP models (and
 //! open_clip's `-quickgelu` ones) do.
 
-use super::{fingerprint_tensors, ops, weights, Backbone, Encoder};
+use super::{fingerprint_tensors, ops, Backbone, Encoder};
 use crate::error::{Error, Result};
+use crate::formats::pytorch;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -517,7 +518,7 @@ impl ClipVisionEncoder {
 
     /// Loads a checkpoint; with `expected`, every tensor is checked against that shape.
     pub fn load_with(path: &Path, expected: Option<&ClipConfig>, device: &Device) -> Result<Self> {
-        let tensors = weights::read_tensors(path, None, device)?;
+        let tensors = pytorch::read_tensors(path, None, device)?;
         Self::from_tensors_with(tensors, expected, &path.display().to_string())
     }
 

@@ -488,7 +488,7 @@ impl Dinov2Encoder {
 
     pub fn load_with(path: &Path, device: &Device, options: Dinov2Options) -> Result<Self> {
         let source = path.display().to_string();
-        let raw = crate::backbone::weights::read_tensors(path, None, device)?;
+        let raw = crate::formats::pytorch::read_tensors(path, None, device)?;
         Self::from_checkpoint(canonical_checkpoint(raw, &source)?, &source, options)
     }
 

@@ -2,8 +2,8 @@
 
 pub mod clip;
 pub mod dinov2;
+pub mod features;
 pub mod ops;
-pub mod weights;
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};
@@ -141,7 +141,7 @@ pub fn load_encoder(
 /// Whether a safetensors file holds DINOv2 tensors (HF `embeddings.patch_embeddings`,
 /// `layer_scale`, or Meta's `blocks.N.ls1`), judged from the header alone.
 fn looks_like_dinov2(weights: &Path) -> bool {
-    let Ok(names) = crate::tensorfile::tensor_names(weights) else {
+    let Ok(names) = crate::formats::tensorfile::tensor_names(weights) else {
         return false;
     };
     names.iter().any(|name| {

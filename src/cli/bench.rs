@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
-use gfer::bench::measure_encode;
+use gfer::experiments::bench::measure_encode;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -152,7 +152,8 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     if args.what.contains(&TrainStage::Full) {
         let mut ratios = Vec::new();
         for round in 1..=args.rounds.max(1) {
-            let ours = gfer::train::bench::full_step(args.batch, args.steps, args.side)?;
+            let ours =
+                gfer::experiments::bench_training::full_step(args.batch, args.steps, args.side)?;
             let ips = args.batch as f64 / ours;
             let mut line = format!(
                 "(i) full recipe step, round {round}: batch {} at {side}x{side}: gfer {:.0} ms/step, {ips:.2} images/s",
@@ -161,8 +162,9 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
                 side = args.side
             );
             if let Some(python) = &args.python {
-                let torch =
-                    gfer::train::bench::torch_full_step(python, args.batch, args.steps, args.side)?;
+                let torch = gfer::experiments::bench_training::torch_full_step(
+                    python, args.batch, args.steps, args.side,
+                )?;
                 let ratio = torch.seconds_per_step / ours;
                 ratios.push(ratio);
                 line += &format!(
@@ -194,7 +196,7 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.what.contains(&TrainStage::Fast) {
-        let bench = gfer::train::bench::fast_mode(
+        let bench = gfer::experiments::bench_training::fast_mode(
             args.images,
             args.dim,
             args.views,

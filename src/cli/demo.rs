@@ -1,7 +1,7 @@
 //! `gfer demo`: the built-in offline demonstration, end to end.
 
 use clap::Args;
-use gfer::demo::{self, DemoOptions};
+use gfer::experiments::demo::{self, DemoOptions};
 use std::path::PathBuf;
 
 #[derive(Args)]

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use gfer::data::Split;
-use gfer::domains::{self, BuildOptions, DomainSummary};
+use gfer::experiments::domains::{self, BuildOptions, DomainSummary};
 use gfer::Expression;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::Args;
 use gfer::data::{self, Split};
 use gfer::image::DecodeLimits;
-use gfer::inference::ExpressionModel;
-use gfer::train::session::held_out_split;
+use gfer::model::inference::ExpressionModel;
+use gfer::train::run::held_out_split;
 use std::path::PathBuf;
 
 #[derive(Args)]

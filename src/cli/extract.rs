@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
+use gfer::backbone::features::{extract, ExtractItem, ExtractOptions};
 use gfer::backbone::{load_encoder, Backbone};
-use gfer::features::{extract, ExtractItem, ExtractOptions};
 use gfer::image::{DecodeLimits, Preprocess, Preset};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! `gfer protocol`: the cross-domain experiment of the paper in one command.
 
 use clap::Args;
-use gfer::eval::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
+use gfer::experiments::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
 use gfer::model::classifier::Method;
 use std::path::PathBuf;
 

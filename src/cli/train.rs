@@ -6,8 +6,8 @@ use gfer::backbone::Backbone;
 use gfer::image::{DecodeLimits, Preset};
 use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
-use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
-use gfer::train::trainer::Recipe;
+use gfer::train::fit::Recipe;
+use gfer::train::run::{self, FastConfig, RunOutcome, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -167,11 +167,11 @@ impl TrainingFlags {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (cfg, out) = match &args.resume {
-        Some(run) => (session::load_config(run)?, run.clone()),
+        Some(run) => (run::load_config(run)?, run.clone()),
         None => {
             let out = args.out.clone().context("--out is required")?;
             anyhow::ensure!(
-                !out.join(session::CONFIG).exists(),
+                !out.join(run::CONFIG).exists(),
                 "{} already holds a run; pass --resume {} to continue it, or choose another --out",
                 out.display(),
                 out.display()
@@ -184,7 +184,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = super::device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
-    let outcome = session::run(&cfg, &out, &stop, args.stop_after_steps, &progress, &device)?;
+    let outcome = run::run(&cfg, &out, &stop, args.stop_after_steps, &progress, &device)?;
     progress.finish_and_clear();
     match outcome {
         RunOutcome::Interrupted { run, epoch, step } => {

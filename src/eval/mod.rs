@@ -1,6 +1,5 @@
 //! Evaluation: metrics, reports, and the cross-domain protocol.
 
 pub mod metrics;
-pub mod protocol;
 pub mod report;
 pub mod table;

@@ -1,7 +1,7 @@
 //! Reports people read: confusion-matrix images.
 
-use crate::draw::{draw_rect, draw_text, fill_rect, text_width};
 use crate::eval::metrics::Metrics;
+use crate::image::draw::{draw_rect, draw_text, fill_rect, text_width};
 use image::{Rgb, RgbImage};
 
 const CELL: u32 = 64;

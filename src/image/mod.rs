@@ -7,6 +7,7 @@
 
 mod augment;
 mod decode;
+pub mod draw;
 pub mod resample;
 
 pub use ::image::RgbImage;

@@ -15,8 +15,8 @@ use crate::backbone::Encoder;
 use crate::error::{Error, Result};
 use crate::image::Preset;
 use crate::model::{CafeConfig, CafeHead, CafeLosses, FrozenResnet, Linear, MaskNet, NamedVar};
+use crate::train::fit::{Batch, Trainable};
 use crate::train::fused::FusedModel;
-use crate::train::trainer::{Batch, Trainable};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -397,7 +397,7 @@ impl Classifier {
                 crate::model::init_var_builder(HashMap::new(), 0, device),
                 spec,
             )?;
-            crate::train::trainer::model_tensors(&probe)?
+            crate::train::fit::model_tensors(&probe)?
         };
         let missing: Vec<String> = expected
             .iter()

@@ -34,8 +34,10 @@
 //! # }
 //! ```
 
+pub mod bundle;
 pub mod cafe;
 pub mod classifier;
+pub mod inference;
 pub mod ops;
 pub mod resnet;
 

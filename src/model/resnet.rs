@@ -4,8 +4,8 @@
 //! PyTorch) and uses the running averages in evaluation.
 
 use super::{get_var, ops, NamedVar};
-use crate::backbone::weights::read_tensors;
 use crate::error::{Error, Result};
+use crate::formats::pytorch::read_tensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;

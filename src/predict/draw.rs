@@ -1,8 +1,8 @@
 //! `--draw`: a copy of the photo with each face's box and label drawn on it, with
-//! [`crate::draw`]'s built-in bitmap font (no font file needed).
+//! [`crate::image::draw`]'s built-in bitmap font (no font file needed).
 
 use super::ImagePrediction;
-use crate::draw::{draw_rect, draw_text, fill_rect, text_width};
+use crate::image::draw::{draw_rect, draw_text, fill_rect, text_width};
 use image::{Rgb, RgbImage};
 
 /// One colour per class (by class index, cycling), bright enough to see on photos.

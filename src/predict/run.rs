@@ -176,7 +176,7 @@ fn save_drawing(image: &RgbImage, path: &Path) -> Result<()> {
         path: path.display().to_string(),
         reason: err.to_string(),
     })?;
-    crate::tensorfile::write_atomically(path, |temporary| {
+    crate::formats::tensorfile::write_atomically(path, |temporary| {
         let file = std::fs::File::create(temporary).map_err(|err| Error::io(temporary, err))?;
         let mut out = std::io::BufWriter::new(file);
         image

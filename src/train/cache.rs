@@ -29,10 +29,10 @@
 use crate::backbone::Encoder;
 use crate::data::ImageSource;
 use crate::error::{Error, Result};
+use crate::formats::tensorfile;
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
 use crate::model::FrozenResnet;
-use crate::tensorfile;
-use crate::train::trainer::{rng_for, RNG_VIEW};
+use crate::train::fit::{rng_for, RNG_VIEW};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};

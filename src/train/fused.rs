@@ -13,8 +13,8 @@
 use crate::error::{Error, Result};
 use crate::model::ops::{matmul, Mat, PARALLEL_WORK};
 use crate::model::{CafeConfig, Linear, NamedVar};
+use crate::train::fit::Batch;
 use crate::train::optim::{self, Adam, AdamConfig};
-use crate::train::trainer::Batch;
 use crate::train::StepOutcome;
 use candle_core::{Device, Tensor};
 
@@ -451,7 +451,7 @@ mod tests {
     use super::*;
     use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec};
     use crate::model::{drop_vector, init_var_builder};
-    use crate::train::trainer::{model_tensors, Trainable};
+    use crate::train::fit::{model_tensors, Trainable};
     use rand::{Rng, SeedableRng};
     use std::collections::HashMap;
 

@@ -2,15 +2,14 @@
 //! the loop with checkpoints and resume ([`trainer`]), its data paths (full recipe on
 //! [`pixels`], fast mode on the [`cache`] via [`fast`]), and a whole run ([`session`]).
 
-pub mod bench;
 pub mod cache;
-pub mod fast;
+pub mod cached_source;
+pub mod fit;
 pub mod fused;
 pub mod optim;
 pub mod pixels;
 pub mod run;
-pub mod session;
-pub mod trainer;
+pub mod run_folder;
 
 use crate::error::Result;
 use crate::model::{Cafe, CafeLosses};

@@ -6,7 +6,7 @@ use crate::backbone::Encoder;
 use crate::data::ImageSource;
 use crate::error::Result;
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
-use crate::train::trainer::{rng_for, Batch, BatchSource, EvalSource, RNG_AUGMENT};
+use crate::train::fit::{rng_for, Batch, BatchSource, EvalSource, RNG_AUGMENT};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 

@@ -180,7 +180,7 @@ pub fn corrupt_jpeg() -> Vec<u8> {
 /// fixture and synthetic faces (one colour and stripe per class), as `gfer train --fast`
 /// makes it. Returns (bundle, encoder weights).
 pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
-    use gfer::train::session::{self, FastConfig, RunOutcome, TrainConfig};
+    use gfer::train::run::{self, FastConfig, RunOutcome, TrainConfig};
     static BUNDLE: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> =
         std::sync::OnceLock::new();
     BUNDLE.get_or_init(|| {
@@ -202,7 +202,7 @@ pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
             cafe: gfer::model::CafeConfig::default(),
             mask_init: None,
             allow_partial: false,
-            recipe: gfer::train::trainer::Recipe {
+            recipe: gfer::train::fit::Recipe {
                 epochs: 15,
                 batch_size: 8,
                 lr: 2e-3,
@@ -216,7 +216,7 @@ pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
                 cache_dir: dir.join("cache"),
             }),
         };
-        let outcome = session::run(
+        let outcome = run::run(
             &config,
             &dir.join("run"),
             &std::sync::atomic::AtomicBool::new(false),

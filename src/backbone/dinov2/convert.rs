@@ -27,7 +27,7 @@ use super::{
     Dinov2Output, GridResize, PATCH_SIZE,
 };
 use crate::error::{Error, Result};
-use crate::onnx::{GraphProto, NodeProto, TensorProto};
+use crate::formats::onnx::{GraphProto, NodeProto, TensorProto};
 use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -59,7 +59,8 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let model = crate::onnx::decode_model(&bytes).map_err(|m| Error::weights(&source, m))?;
+    let model =
+        crate::formats::onnx::decode_model(&bytes).map_err(|m| Error::weights(&source, m))?;
     drop(bytes);
     let graph = &model.graph;
 
@@ -141,7 +142,7 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    crate::tensorfile::save(out, &tensors, &metadata)?;
+    crate::formats::tensorfile::save(out, &tensors, &metadata)?;
     tracing::info!(
         "converted {} ({} layers, width {}) to {}",
         source,
@@ -351,7 +352,7 @@ fn graph_input_grid(graph: &GraphProto, source: &str) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::{AttributeProto, DATA_TYPE_FLOAT};
+    use crate::formats::onnx::{AttributeProto, DATA_TYPE_FLOAT};
 
     fn initialiser(name: &str, dims: &[i64]) -> TensorProto {
         let count: i64 = dims.iter().product();

@@ -2,13 +2,13 @@
 //! trained on. `eval`, `predict` and `serve` all go through [`ExpressionModel`].
 
 use crate::backbone::{load_encoder, Encoder};
-use crate::bundle::{Bundle, BundleMeta};
 use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::eval::metrics::{Confusion, Metrics};
 use crate::image::{DecodeLimits, Preprocess, RgbImage};
+use crate::model::bundle::{Bundle, BundleMeta};
 use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, ModelSpec};
-use crate::train::trainer::{Batch, EvalSource, Trainable};
+use crate::train::fit::{Batch, EvalSource, Trainable};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
@@ -147,7 +147,7 @@ impl ExpressionModel {
 impl ExpressionModel {
     /// Metrics on prepared evaluation batches (e.g. cached features).
     pub fn evaluate_source(&self, source: &dyn EvalSource, batch_size: usize) -> Result<Metrics> {
-        crate::train::trainer::evaluate(&self.classifier, source, batch_size, self.class_names())
+        crate::train::fit::evaluate(&self.classifier, source, batch_size, self.class_names())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::train::cache::CachedFeatures;
-use crate::train::trainer::{rng_for, Batch, BatchSource, EvalSource};
+use crate::train::fit::{rng_for, Batch, BatchSource, EvalSource};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 

@@ -5,16 +5,16 @@
 //! benchmark.
 
 use crate::data::Split;
-use crate::domains::{self, BuildOptions};
 use crate::error::{Error, Result};
-use crate::eval::protocol::{self, MethodVariant, Named, ProtocolConfig};
 use crate::eval::table::AccuracyTable;
+use crate::experiments::domains::{self, BuildOptions};
+use crate::experiments::protocol::{self, MethodVariant, Named, ProtocolConfig};
 use crate::image::{DecodeLimits, Preset};
 use crate::model::classifier::{MaskInput, Method};
 use crate::model::CafeConfig;
 use crate::predict::{ImagePrediction, PredictOptions, Predictor};
-use crate::train::session::{FastConfig, TrainConfig};
-use crate::train::trainer::Recipe;
+use crate::train::fit::Recipe;
+use crate::train::run::{FastConfig, TrainConfig};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

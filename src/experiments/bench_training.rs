@@ -3,13 +3,13 @@
 //! and Adam) on random images, and the same step of the authors' model in PyTorch.
 
 use crate::error::{Error, Result};
+use crate::formats::tensorfile;
 use crate::model::classifier::{Classifier, GeneratorSpec, Method, ModelSpec, FROZEN_FEATURE};
 use crate::model::{drop_vector, init_var_builder, Cafe, CafeConfig};
-use crate::tensorfile;
 use crate::train::cache::CachedFeatures;
-use crate::train::fast::FastSource;
-use crate::train::run::RunDir;
-use crate::train::trainer::{self, Recipe, TrainContext};
+use crate::train::cached_source::FastSource;
+use crate::train::fit::{self, Recipe, TrainContext};
+use crate::train::run_folder::RunDir;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
@@ -81,7 +81,7 @@ pub fn fast_mode(
         max_steps: None,
     };
     let started = Instant::now();
-    trainer::train(&ctx, &model, &source, None, &mut |_, _| Ok(()))?;
+    fit::train(&ctx, &model, &source, None, &mut |_, _| Ok(()))?;
     Ok(FastBench {
         images,
         epochs,

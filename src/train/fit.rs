@@ -9,11 +9,11 @@
 
 use crate::error::{Error, Result};
 use crate::eval::metrics::{Confusion, Metrics};
+use crate::formats::tensorfile::{self, TensorFile};
 use crate::model::{drop_vector, CafeLosses, NamedVar};
-use crate::tensorfile::{self, TensorFile};
 use crate::train::fused::{FusedModel, FusedStep};
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
-use crate::train::run::RunDir;
+use crate::train::run_folder::RunDir;
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

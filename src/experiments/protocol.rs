@@ -17,16 +17,16 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
 use crate::eval::report::confusion_image;
 use crate::eval::table::{AccuracyTable, TableRow};
+use crate::formats::tensorfile::write_atomically;
 use crate::image::{DecodeLimits, Preprocess};
-use crate::inference::ExpressionModel;
 use crate::model::classifier::{GeneratorSpec, MaskInput, Method};
-use crate::tensorfile::write_atomically;
+use crate::model::inference::ExpressionModel;
 use crate::train::cache::{self, CacheKey, CachedFeatures, MaskSource};
+use crate::train::fit::{Batch, EvalSource};
 use crate::train::pixels::LabelledImages;
-use crate::train::session::{
+use crate::train::run::{
     self, held_out_split, usable_samples, FastConfig, RunOutcome, TrainConfig,
 };
-use crate::train::trainer::{Batch, EvalSource};
 use crate::Expression;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -407,7 +407,7 @@ pub fn run(
             });
             let run_dir = cfg.out.join("runs").join(&source.name).join(variant.slug());
             tracing::info!("training {label} on {}", source.name);
-            let bundle = match session::run(&train_cfg, &run_dir, stop, None, progress, device)? {
+            let bundle = match run::run(&train_cfg, &run_dir, stop, None, progress, device)? {
                 RunOutcome::Finished(report) => report.bundle,
                 RunOutcome::Interrupted { .. } => {
                     return Err(Error::config(format!(

@@ -7,8 +7,8 @@
 use crate::backbone::Encoder;
 use crate::data::{ImageSource, Sample};
 use crate::error::{Error, Result};
+use crate::formats::tensorfile;
 use crate::image::{content_hash, DecodeLimits, Preprocess, RgbImage};
-use crate::tensorfile;
 use crate::Expression;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;

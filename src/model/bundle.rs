@@ -5,8 +5,8 @@
 
 use crate::backbone::Encoder;
 use crate::error::{Error, Result};
+use crate::formats::tensorfile;
 use crate::image::Preprocess;
-use crate::tensorfile;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,9 @@
+//! Experiments: runs that train and evaluate many models. The cross-domain protocol
+//! ([`protocol`]), the offline demonstration ([`demo`]) with the stand-in domains it
+//! builds ([`domains`]), and the throughput benchmarks ([`bench`]).
+
+pub mod bench;
+pub mod bench_training;
+pub mod demo;
+pub mod domains;
+pub mod protocol;
