@@ -1,5 +1,7 @@
 //! The library's error type. Every variant carries enough context (file, line, tensor
-//! name, shapes) for a user to find what was wrong without a debugger.
+//! name, shapes) for a user to find what was wrong without a debugger, and says what kind
+//! of failure it is ([`Error::kind`]) so a caller can react: fix the input, retry, resume,
+//! or report a bug.
 
 use std::path::PathBuf;
 
@@ -34,7 +36,7 @@ pub enum Error {
     #[error("model bundle {path}: {message}")]
     Bundle { path: String, message: String },
 
-    /// A wrong option or combination of options.
+    /// A wrong option, argument or combination of them.
     #[error("{0}")]
     Config(String),
 
@@ -56,9 +58,69 @@ pub enum Error {
     /// A model that returned something unusable (wrong shape, no classes).
     #[error("inference: {0}")]
     Inference(String),
+
+    /// Training diverged: the loss stopped being a finite number.
+    #[error("the loss became {loss} at epoch {epoch} step {step}; lower --lr or check the data")]
+    Diverged {
+        loss: f32,
+        epoch: usize,
+        step: usize,
+    },
+
+    /// A program gfer runs (pip and npm for the assets, Python for a reference) failed.
+    #[error("{program}: {message}")]
+    External { program: String, message: String },
+
+    /// The user stopped the work (Ctrl-C); what was done is kept.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
+    /// A broken invariant of gfer's own: a bug to report.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Something the user gave (a file, an image, an option, a data set, weights) is
+    /// wrong or missing: fix the input and run again.
+    BadInput,
+    /// Reading or writing a file, or running another program, failed.
+    Io,
+    /// The user stopped the work; running the same command again continues it.
+    Interrupted,
+    /// A bug in gfer (or in a library it uses).
+    Internal,
 }
 
 impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } | Error::External { .. } => ErrorKind::Io,
+            Error::Interrupted(_) => ErrorKind::Interrupted,
+            Error::Internal(_) | Error::Candle(_) => ErrorKind::Internal,
+            Error::Image { .. }
+            | Error::Weights { .. }
+            | Error::Data { .. }
+            | Error::Bundle { .. }
+            | Error::Config(_)
+            | Error::Dataset { .. }
+            | Error::MissingAsset { .. }
+            | Error::Detection(_)
+            | Error::Inference(_)
+            | Error::Diverged { .. } => ErrorKind::BadInput,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        Error::Interrupted(message.into())
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -18,5 +18,5 @@ pub mod predict;
 pub mod serve;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use labels::Expression;

@@ -28,7 +28,8 @@ pub mod run;
 
 use crate::detect::{square_crop, FaceDetector, Rect, SeetaFaceDetector};
 use crate::error::{Error, Result};
-use crate::model::inference::{argmax, ExpressionModel};
+use crate::model::argmax;
+use crate::model::inference::ExpressionModel;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use rayon::prelude::*;

@@ -22,8 +22,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use gfer::formats::tensorfile::{self, TensorFile};
+use gfer::model::classifier::{GeneratorSpec, Method};
 use gfer::model::resnet::{load_checkpoint, RESNET18_WIDTHS};
-use gfer::model::{load_safetensors, Cafe, CafeConfig};
+use gfer::model::{Batch, CafeConfig, Classifier, ModelSpec, Trainable};
 use gfer::train::optim::{Adam, AdamConfig, ExponentialLr};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -94,7 +96,7 @@ impl Report {
     }
 }
 
-fn meta<T: std::str::FromStr>(metadata: &HashMap<String, String>, key: &str, file: &Path) -> T {
+fn meta<T: std::str::FromStr>(metadata: &BTreeMap<String, String>, key: &str, file: &Path) -> T {
     let text = metadata
         .get(key)
         .unwrap_or_else(|| panic!("{}: metadata lacks `{key}`", file.display()));
@@ -115,7 +117,8 @@ fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, file: &Path) -> 
 /// Replays one fixture in `dtype` and returns the report: every step when `all_steps`,
 /// else the first forward pass only.
 fn replay(file: &Path, device: &Device, dtype: DType, all_steps: bool) -> Report {
-    let (tensors, metadata) = load_safetensors(file, device).expect("readable fixture");
+    let TensorFile { tensors, metadata } =
+        tensorfile::load(file, device).expect("readable fixture");
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| {
@@ -162,7 +165,9 @@ fn replay(file: &Path, device: &Device, dtype: DType, all_steps: bool) -> Report
         .filter_map(|(k, v)| k.strip_prefix("init.").map(|n| (n.to_string(), v.clone())))
         .collect();
     let vb = VarBuilder::from_tensors(given.clone(), dtype, device);
-    let model = Cafe::new(vb, &cfg).expect("model from init.*");
+    let generator = GeneratorSpec::Resnet { widths };
+    let model = Classifier::new(vb, &ModelSpec::new(Method::Cafe, cfg.clone(), generator))
+        .expect("model from init.*");
     let model_names: BTreeSet<String> = model
         .trainable_vars()
         .into_iter()
@@ -191,9 +196,13 @@ fn replay(file: &Path, device: &Device, dtype: DType, all_steps: bool) -> Report
     let steps = if all_steps { steps } else { 1 };
     for step in 0..steps {
         let drop = tensor(&tensors, &format!("input.drop.{step}"), file);
-        let losses = model
-            .train_step_losses(images, features, labels, drop)
-            .expect("forward");
+        let batch = Batch {
+            images: Some(images.clone()),
+            features: Some(features.clone()),
+            mask_input: None,
+            labels: labels.clone(),
+        };
+        let losses = model.train_losses(&batch, drop).expect("forward");
         let grads = losses.loss.backward().expect("backward");
         if step == 0 {
             let expect = |name: &str| tensor(&tensors, &format!("expect.{name}"), file);
@@ -264,7 +273,13 @@ fn replay(file: &Path, device: &Device, dtype: DType, all_steps: bool) -> Report
             schedule.step(&mut optimizer);
         }
     }
-    let eval_logits = model.logits(images, features).expect("eval forward");
+    let batch = Batch {
+        images: Some(images.clone()),
+        features: Some(features.clone()),
+        mask_input: None,
+        labels: labels.clone(),
+    };
+    let eval_logits = model.logits(&batch).expect("eval forward");
     report.compare(
         "eval logits",
         "eval_logits",
@@ -340,8 +355,9 @@ fn msceleb_and_torchvision_checkpoints_load_by_torchvision_names() {
         return;
     };
     let device = Device::Cpu;
-    let (expected, _) = load_safetensors(&dir.join("resnet18_expected.safetensors"), &device)
-        .expect("expected tensors");
+    let expected = tensorfile::load(&dir.join("resnet18_expected.safetensors"), &device)
+        .expect("expected tensors")
+        .tensors;
     for file in ["resnet18_msceleb_like.pth", "resnet18_torchvision.pth"] {
         let loaded = load_checkpoint(&dir.join(file), RESNET18_WIDTHS, false, &device)
             .unwrap_or_else(|e| panic!("{file}: {e}"));

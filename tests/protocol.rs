@@ -7,10 +7,10 @@ use candle_core::Device;
 use gfer::backbone::{load_encoder, Encoder};
 use gfer::data::ImageSource;
 use gfer::experiments::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
-use gfer::image::{Preprocess, Preset};
+use gfer::image::{DecodeLimits, Preprocess, Preset};
 use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
-use gfer::train::cache::{self, CacheKey};
+use gfer::train::cache::{self, CacheImages, CacheKey};
 use gfer::train::fit::Recipe;
 use gfer::train::run::{FastConfig, TrainConfig};
 use std::sync::atomic::AtomicBool;
@@ -138,9 +138,16 @@ fn the_cache_recomputes_exactly_what_a_change_affects() {
         let built = cache::build(
             &cache_dir,
             &key,
-            (&sources[..n], &hashes[..n]),
-            (&[], &[]),
-            &limits,
+            CacheImages {
+                sources: &sources[..n],
+                hashes: &hashes[..n],
+                limits: &limits,
+            },
+            CacheImages {
+                sources: &[],
+                hashes: &[],
+                limits: &limits,
+            },
             &stop,
             &progress,
         )
@@ -246,9 +253,16 @@ fn mask_input_caches_recompute_only_when_the_resnet_or_the_layer_changes() {
         let built = cache::build(
             &cache_dir,
             key,
-            (&sources[..3], &hashes[..3]),
-            (&sources[3..], &hashes[3..]),
-            &Default::default(),
+            CacheImages {
+                sources: &sources[..3],
+                hashes: &hashes[..3],
+                limits: &DecodeLimits::default(),
+            },
+            CacheImages {
+                sources: &sources[3..],
+                hashes: &hashes[3..],
+                limits: &DecodeLimits::default(),
+            },
             &stop,
             &progress,
         )
@@ -298,9 +312,16 @@ fn mask_input_caches_recompute_only_when_the_resnet_or_the_layer_changes() {
         let built = cache::build(
             &cache_dir,
             &key(encoder, Some(MaskSource::Tokens(1))),
-            (&sources, &hashes),
-            (&[], &[]),
-            &Default::default(),
+            CacheImages {
+                sources: &sources,
+                hashes: &hashes,
+                limits: &DecodeLimits::default(),
+            },
+            CacheImages {
+                sources: &[],
+                hashes: &[],
+                limits: &DecodeLimits::default(),
+            },
             &stop,
             &progress,
         )

@@ -41,12 +41,14 @@ fn config(data: String, method: Method, epochs: usize, fast: Option<FastConfig>)
 
 fn train(cfg: &TrainConfig, out: &Path, max_steps: Option<usize>) -> RunOutcome {
     let progress = indicatif::ProgressBar::hidden();
-    run::run(
+    run::train(
         cfg,
         out,
-        &AtomicBool::new(false),
-        max_steps,
-        &progress,
+        &run::Watch {
+            stop: &AtomicBool::new(false),
+            progress: &progress,
+            max_steps: max_steps,
+        },
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("training failed: {e}"))
@@ -151,12 +153,14 @@ fn a_truncated_or_foreign_checkpoint_is_refused_clearly() {
     let bytes = std::fs::read(&checkpoint).expect("checkpoint");
     std::fs::write(&checkpoint, &bytes[..bytes.len() / 2]).expect("truncate");
     let progress = indicatif::ProgressBar::hidden();
-    let err = run::run(
+    let err = run::train(
         &cfg,
         &run,
-        &AtomicBool::new(false),
-        None,
-        &progress,
+        &run::Watch {
+            stop: &AtomicBool::new(false),
+            progress: &progress,
+            max_steps: None,
+        },
         &Device::Cpu,
     )
     .err()
@@ -168,12 +172,14 @@ fn a_truncated_or_foreign_checkpoint_is_refused_clearly() {
     );
 
     std::fs::write(&checkpoint, b"not a checkpoint at all, just text").expect("write");
-    let err = run::run(
+    let err = run::train(
         &cfg,
         &run,
-        &AtomicBool::new(false),
-        None,
-        &progress,
+        &run::Watch {
+            stop: &AtomicBool::new(false),
+            progress: &progress,
+            max_steps: None,
+        },
         &Device::Cpu,
     )
     .err()
@@ -211,14 +217,14 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
         .expect("bundle loads");
     let dataset = gfer::data::open(&spec, &Default::default()).expect("data");
     let test = dataset.split(gfer::data::Split::Test);
-    let (metrics, failures) = model
-        .evaluate(
-            &test,
-            16,
-            &Default::default(),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .expect("evaluate");
+    let (metrics, failures) = gfer::eval::evaluate_images(
+        &model,
+        &test,
+        16,
+        &Default::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("evaluate");
     assert!(failures.is_empty());
     assert_eq!(metrics.total, 42);
     assert!(
@@ -294,14 +300,14 @@ fn fast_generator_end_to_end(
     // The same accuracy through the path of `gfer eval`...
     let dataset = gfer::data::open(&spec, &Default::default()).expect("data");
     let test = dataset.split(gfer::data::Split::Test);
-    let (metrics, failures) = model
-        .evaluate(
-            &test,
-            16,
-            &Default::default(),
-            &indicatif::ProgressBar::hidden(),
-        )
-        .expect("evaluate");
+    let (metrics, failures) = gfer::eval::evaluate_images(
+        &model,
+        &test,
+        16,
+        &Default::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("evaluate");
     assert!(failures.is_empty());
     assert_eq!(metrics.total, 42);
     assert!(
@@ -404,7 +410,7 @@ fn fast_generator_end_to_end(
         let face = &p.faces[0];
         assert_eq!(
             face.label,
-            gfer::Expression::names()[gfer::model::inference::argmax(e)]
+            gfer::Expression::names()[gfer::model::argmax(e)]
         );
         for (a, b) in face.probabilities.iter().zip(e) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
@@ -430,12 +436,14 @@ fn fast_mode_with_a_frozen_resnet18_generator_learns_and_its_bundle_carries_the_
         }),
     );
     let progress = indicatif::ProgressBar::hidden();
-    let err = run::run(
+    let err = run::train(
         &cfg,
         &dir.path().join("refused"),
-        &AtomicBool::new(false),
-        None,
-        &progress,
+        &run::Watch {
+            stop: &AtomicBool::new(false),
+            progress: &progress,
+            max_steps: None,
+        },
         &Device::Cpu,
     )
     .err()
@@ -481,12 +489,14 @@ fn fast_mode_with_an_encoder_token_generator_learns_and_evaluates() {
     common::write_folder_dataset(&dir.path().join("few"), 1, 1);
     cfg.data = format!("folder:{}", dir.path().join("few").display());
     let progress = indicatif::ProgressBar::hidden();
-    let err = run::run(
+    let err = run::train(
         &cfg,
         &dir.path().join("refused"),
-        &AtomicBool::new(false),
-        None,
-        &progress,
+        &run::Watch {
+            stop: &AtomicBool::new(false),
+            progress: &progress,
+            max_steps: None,
+        },
         &Device::Cpu,
     )
     .err()

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
-use gfer::experiments::bench::measure_encode;
+use gfer::experiments::bench;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct TrainBenchArgs {
     /// authors' step in PyTorch in the same run and prints gfer's speed ratio.
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// The PyTorch step script that --python runs (it imports the authors' model from
+    /// `reference/` beside it).
+    #[arg(long, default_value = "scripts/bench_train_step.py")]
+    pub torch_script: PathBuf,
     /// Full recipe: batch size, timed steps (median) and image side.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -117,86 +121,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
-    let device = candle_core::Device::Cpu;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "settings: {}",
         serde_json::json!({"gfer": env!("CARGO_PKG_VERSION"), "cores": cores, "cpu": cpu_description()})
     );
-    let mut extract_ips = None;
-    if args.what.contains(&TrainStage::Extract) {
-        let encoder: Box<dyn Encoder> = match &args.weights {
-            Some(path) => load_encoder(None, path, &device)
-                .with_context(|| format!("loading {}", path.display()))?,
-            None => Box::new(ClipVisionEncoder::random(
-                &ClipConfig::of_backbone(args.backbone)?,
-                0,
-                &device,
-            )?),
-        };
-        let m = measure_encode(
-            encoder.as_ref(),
-            args.extract_batch,
-            cores,
-            1,
-            2,
-            Duration::from_secs_f64(args.extract_seconds),
-            &device,
-        )?;
-        println!(
-            "(iii) extraction, {} batch {} on {} threads: {:.2} images/s ({:.1} ms/image)",
-            m.setting.encoder, args.extract_batch, cores, m.images_per_second, m.ms_per_image
-        );
-        extract_ips = Some(m.images_per_second);
-    }
+    let extract_ips = match args.what.contains(&TrainStage::Extract) {
+        true => Some(measure_extraction(&args, cores)?),
+        false => None,
+    };
     if args.what.contains(&TrainStage::Full) {
-        let mut ratios = Vec::new();
-        for round in 1..=args.rounds.max(1) {
-            let ours =
-                gfer::experiments::bench_training::full_step(args.batch, args.steps, args.side)?;
-            let ips = args.batch as f64 / ours;
-            let mut line = format!(
-                "(i) full recipe step, round {round}: batch {} at {side}x{side}: gfer {:.0} ms/step, {ips:.2} images/s",
-                args.batch,
-                ours * 1e3,
-                side = args.side
-            );
-            if let Some(python) = &args.python {
-                let torch = gfer::experiments::bench_training::torch_full_step(
-                    python, args.batch, args.steps, args.side,
-                )?;
-                let ratio = torch.seconds_per_step / ours;
-                ratios.push(ratio);
-                line += &format!(
-                    "; PyTorch {} ({} threads) {:.0} ms/step; gfer/PyTorch speed {ratio:.2}x",
-                    torch.torch,
-                    torch.threads,
-                    torch.seconds_per_step * 1e3
-                );
-            }
-            println!("{line}");
-            if let Some(extract) = extract_ips {
-                // Every augmented image also goes through the frozen encoder.
-                let per_image = ours / args.batch as f64 + 1.0 / extract;
-                println!(
-                    "    with the encoder forward on every augmented image: {:.2} images/s, {:.0} s per epoch of {} images",
-                    1.0 / per_image,
-                    per_image * args.images as f64,
-                    args.images
-                );
-            }
-        }
-        if !ratios.is_empty() {
-            ratios.sort_by(f64::total_cmp);
-            println!(
-                "    gfer/PyTorch speed ratio over {} rounds: median {:.2}x",
-                ratios.len(),
-                ratios[ratios.len() / 2]
-            );
-        }
+        measure_full_steps(&args, extract_ips)?;
     }
     if args.what.contains(&TrainStage::Fast) {
-        let bench = gfer::experiments::bench_training::fast_mode(
+        let bench = bench::fast_mode(
             args.images,
             args.dim,
             args.views,
@@ -216,6 +154,87 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (iii): the encoder forward that the full recipe and the cache both need, in images/s.
+fn measure_extraction(args: &TrainBenchArgs, cores: usize) -> anyhow::Result<f64> {
+    let device = candle_core::Device::Cpu;
+    let encoder: Box<dyn Encoder> = match &args.weights {
+        Some(path) => load_encoder(None, path, &device)
+            .with_context(|| format!("loading {}", path.display()))?,
+        None => Box::new(ClipVisionEncoder::random(
+            &ClipConfig::of_backbone(args.backbone)?,
+            0,
+            &device,
+        )?),
+    };
+    let seconds = Duration::from_secs_f64(args.extract_seconds);
+    let m = bench::measure_encode(
+        encoder.as_ref(),
+        args.extract_batch,
+        cores,
+        1,
+        2,
+        seconds,
+        &device,
+    )?;
+    println!(
+        "(iii) extraction, {} batch {} on {} threads: {:.2} images/s ({:.1} ms/image)",
+        m.setting.encoder, args.extract_batch, cores, m.images_per_second, m.ms_per_image
+    );
+    Ok(m.images_per_second)
+}
+
+/// (i): the full recipe's step, alternating with PyTorch's when --python is given.
+fn measure_full_steps(args: &TrainBenchArgs, extract_ips: Option<f64>) -> anyhow::Result<()> {
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let ours = bench::full_step(args.batch, args.steps, args.side)?;
+        let ips = args.batch as f64 / ours;
+        let mut line = format!(
+            "(i) full recipe step, round {round}: batch {} at {side}x{side}: gfer {:.0} ms/step, {ips:.2} images/s",
+            args.batch,
+            ours * 1e3,
+            side = args.side
+        );
+        if let Some(python) = &args.python {
+            let torch = bench::torch_full_step(
+                python,
+                &args.torch_script,
+                args.batch,
+                args.steps,
+                args.side,
+            )?;
+            let ratio = torch.seconds_per_step / ours;
+            ratios.push(ratio);
+            line += &format!(
+                "; PyTorch {} ({} threads) {:.0} ms/step; gfer/PyTorch speed {ratio:.2}x",
+                torch.torch,
+                torch.threads,
+                torch.seconds_per_step * 1e3
+            );
+        }
+        println!("{line}");
+        if let Some(extract) = extract_ips {
+            // Every augmented image also goes through the frozen encoder.
+            let per_image = ours / args.batch as f64 + 1.0 / extract;
+            println!(
+                "    with the encoder forward on every augmented image: {:.2} images/s, {:.0} s per epoch of {} images",
+                1.0 / per_image,
+                per_image * args.images as f64,
+                args.images
+            );
+        }
+    }
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "    gfer/PyTorch speed ratio over {} rounds: median {:.2}x",
+            ratios.len(),
+            ratios[ratios.len() / 2]
+        );
+    }
+    Ok(())
+}
+
 fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     let device = candle_core::Device::Cpu;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -225,33 +244,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         args.threads.clone()
     };
     threads.dedup();
-    let encoders: Vec<Box<dyn Encoder>> = match &args.weights {
-        Some(path) => vec![load_encoder(None, path, &device)
-            .with_context(|| format!("loading {}", path.display()))?],
-        None => {
-            let presets = if args.backbone.is_empty() {
-                vec![
-                    Backbone::ClipVitB32,
-                    Backbone::ClipVitB16,
-                    Backbone::ClipVitL14,
-                    Backbone::ClipVitL14_336,
-                ]
-            } else {
-                args.backbone.clone()
-            };
-            presets
-                .into_iter()
-                .map(|b| -> anyhow::Result<Box<dyn Encoder>> {
-                    tracing::info!("building {} with random weights", b.id());
-                    Ok(Box::new(ClipVisionEncoder::random(
-                        &ClipConfig::of_backbone(b)?,
-                        0,
-                        &device,
-                    )?))
-                })
-                .collect::<anyhow::Result<_>>()?
-        }
-    };
+    let encoders = encoders_to_measure(&args, &device)?;
     let settings = serde_json::json!({
         "gfer": env!("CARGO_PKG_VERSION"),
         "device": "cpu",
@@ -271,30 +264,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         println!("settings: {settings}");
     }
     if let Some(reference) = &args.reference {
-        let io = candle_core::safetensors::load(reference, &device)
-            .with_context(|| format!("reading {}", reference.display()))?;
-        let (pixels, expected) = match (io.get("pixels"), io.get("embeds")) {
-            (Some(p), Some(e)) => (p, e),
-            _ => anyhow::bail!(
-                "{}: needs tensors `pixels` and `embeds`",
-                reference.display()
-            ),
-        };
-        let ours = encoders[0].encode(pixels)?;
-        let diff = (&ours - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
-        let relative = diff / scale;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "reference": reference, "max_relative_difference": relative })
-            );
-        } else {
-            println!(
-                "max relative difference from {}: {relative:.2e}",
-                reference.display()
-            );
-        }
+        compare_with_reference(encoders[0].as_ref(), reference, args.json, &device)?;
     }
     if !args.json {
         println!(
@@ -302,16 +272,17 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
             "encoder", "batch", "threads", "images/s", "ms/image", "batches"
         );
     }
+    let seconds = Duration::from_secs_f64(args.seconds);
     for encoder in &encoders {
         for &batch in &args.batch {
             for &t in &threads {
-                let m = measure_encode(
+                let m = bench::measure_encode(
                     encoder.as_ref(),
                     batch,
                     t,
                     args.warmup,
                     args.min_batches,
-                    Duration::from_secs_f64(args.seconds),
+                    seconds,
                     &device,
                 )?;
                 if args.json {
@@ -329,6 +300,71 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The encoder in --weights, or every preset asked for (all CLIP ones by default) with
+/// random weights.
+fn encoders_to_measure(
+    args: &EncodeArgs,
+    device: &candle_core::Device,
+) -> anyhow::Result<Vec<Box<dyn Encoder>>> {
+    if let Some(path) = &args.weights {
+        let encoder = load_encoder(None, path, device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        return Ok(vec![encoder]);
+    }
+    let presets = if args.backbone.is_empty() {
+        vec![
+            Backbone::ClipVitB32,
+            Backbone::ClipVitB16,
+            Backbone::ClipVitL14,
+            Backbone::ClipVitL14_336,
+        ]
+    } else {
+        args.backbone.clone()
+    };
+    presets
+        .into_iter()
+        .map(|b| -> anyhow::Result<Box<dyn Encoder>> {
+            tracing::info!("building {} with random weights", b.id());
+            let config = ClipConfig::of_backbone(b)?;
+            Ok(Box::new(ClipVisionEncoder::random(&config, 0, device)?))
+        })
+        .collect()
+}
+
+/// Prints the encoder's largest relative difference from a reference's `embeds` of its
+/// `pixels`.
+fn compare_with_reference(
+    encoder: &dyn Encoder,
+    reference: &std::path::Path,
+    json: bool,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
+    let io = candle_core::safetensors::load(reference, device)
+        .with_context(|| format!("reading {}", reference.display()))?;
+    let (Some(pixels), Some(expected)) = (io.get("pixels"), io.get("embeds")) else {
+        anyhow::bail!(
+            "{}: needs tensors `pixels` and `embeds`",
+            reference.display()
+        )
+    };
+    let ours = encoder.encode(pixels)?;
+    let diff = (&ours - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
+    let relative = diff / scale;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "reference": reference, "max_relative_difference": relative })
+        );
+    } else {
+        println!(
+            "max relative difference from {}: {relative:.2e}",
+            reference.display()
+        );
     }
     Ok(())
 }

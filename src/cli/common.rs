@@ -22,14 +22,6 @@ pub struct Input {
     pub label: Option<Expression>,
 }
 
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif"];
-
-fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// Expands files, folders (recursively, image extensions only, sorted), glob patterns
 /// and data-set specs (`kind:path[:opt=value]`) into a list of images.
 pub fn resolve_inputs(inputs: &[String]) -> anyhow::Result<Vec<Input>> {
@@ -50,7 +42,7 @@ pub fn resolve_inputs(inputs: &[String]) -> anyhow::Result<Vec<Input>> {
                 .follow_links(true)
                 .into_iter()
                 .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().is_file() && is_image_file(e.path()))
+                .filter(|e| e.file_type().is_file() && gfer::image::has_image_extension(e.path()))
                 .map(|e| e.into_path())
                 .collect();
             files.sort();

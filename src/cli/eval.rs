@@ -3,9 +3,9 @@
 use anyhow::Context;
 use clap::Args;
 use gfer::data::{self, Split};
+use gfer::eval::evaluate_images;
 use gfer::image::DecodeLimits;
 use gfer::model::inference::ExpressionModel;
-use gfer::train::run::held_out_split;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -48,7 +48,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     for spec in &args.data {
         let dataset =
             data::open(spec, &Default::default()).with_context(|| format!("opening {spec}"))?;
-        let split = match args.split.or_else(|| held_out_split(&dataset)) {
+        let split = match args.split.or_else(|| dataset.held_out_split()) {
             Some(split) => split,
             None => anyhow::bail!(
                 "{spec} has no test or val split; pass --split train to use its training images"
@@ -60,7 +60,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "{spec} has no images in its {split} split"
         );
         let progress = super::progress_bar(samples.len() as u64, "images");
-        let (metrics, failures) = model.evaluate(&samples, args.batch_size, &limits, &progress)?;
+        let (metrics, failures) =
+            evaluate_images(&model, &samples, args.batch_size, &limits, &progress)?;
         progress.finish_and_clear();
         for (what, why) in &failures {
             eprintln!("skipped {what}: {why}");

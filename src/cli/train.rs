@@ -184,7 +184,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = super::device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
-    let outcome = run::run(&cfg, &out, &stop, args.stop_after_steps, &progress, &device)?;
+    let watch = run::Watch {
+        stop: &stop,
+        progress: &progress,
+        max_steps: args.stop_after_steps,
+    };
+    let outcome = run::train(&cfg, &out, &watch, &device)?;
     progress.finish_and_clear();
     match outcome {
         RunOutcome::Interrupted { run, epoch, step } => {

@@ -21,6 +21,9 @@ mod rafdb;
 mod sfew;
 pub mod spec;
 pub mod stats;
+mod usable;
+
+pub use usable::{samples_fingerprint, usable_samples, Usable};
 
 use crate::image::{DecodeLimits, RgbImage};
 use crate::{Error, Expression, Result};
@@ -553,17 +556,8 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-/// Image file extensions the decoder reads.
-const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "jfif",
-];
-
 fn is_image_file(path: &Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.is_file() && crate::image::has_image_extension(path)
 }
 
 /// The entries of a folder, sorted by name so that load order does not depend on the

@@ -8,7 +8,7 @@ use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::table::AccuracyTable;
 use crate::experiments::domains::{self, BuildOptions};
-use crate::experiments::protocol::{self, MethodVariant, Named, ProtocolConfig};
+use crate::experiments::protocol::{self, MethodVariant, NamedDataset, ProtocolConfig};
 use crate::image::{DecodeLimits, Preset};
 use crate::model::classifier::{MaskInput, Method};
 use crate::model::CafeConfig;
@@ -131,7 +131,7 @@ pub fn run(
     })?;
     lap("build domains", &mut stages);
 
-    let named = |name: &str, split: Option<Split>| -> Result<Named> {
+    let named = |name: &str, split: Option<Split>| -> Result<NamedDataset> {
         let summary = summaries
             .iter()
             .find(|s| s.name == name)
@@ -140,7 +140,7 @@ pub fn run(
         if let Some(split) = split {
             spec.push_str(&format!(":split={split}"));
         }
-        Ok(Named {
+        Ok(NamedDataset {
             name: name.to_string(),
             spec,
         })

@@ -3,7 +3,6 @@
 //! builds ([`domains`]), and the throughput benchmarks ([`bench`]).
 
 pub mod bench;
-pub mod bench_training;
 pub mod demo;
 pub mod domains;
 pub mod protocol;

@@ -1,7 +1,11 @@
-//! File formats gfer reads and writes, independent of any model: safetensors files with
-//! metadata written atomically ([`tensorfile`]), PyTorch checkpoints ([`pytorch`]), and
-//! the ONNX graphs that weight conversion reads ([`onnx`]).
+//! File formats gfer reads and writes, independent of any model: every file written
+//! atomically ([`write_atomically`]), safetensors files with metadata ([`tensorfile`]), PyTorch checkpoints ([`pytorch`]), and
+//! the ONNX graphs that weight conversion reads ([`onnx`]). The bottom layer: nothing
+//! here knows a model.
 
+mod atomic;
 pub mod onnx;
 pub mod pytorch;
 pub mod tensorfile;
+
+pub use atomic::{write_atomically, write_file_atomically};

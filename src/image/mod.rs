@@ -15,8 +15,10 @@ pub use augment::{Augment, EraseRect};
 pub use decode::{decode, jpeg_dimensions, open, DecodeLimits};
 use resample::Filter;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::formats::write_atomically;
 use rayon::prelude::*;
+use std::path::Path;
 
 /// The two input conventions.
 #[derive(
@@ -137,6 +139,40 @@ fn shorter_side_to(width: u32, height: u32, size: u32) -> (u32, u32) {
 /// `round` sends halves to the even neighbour.
 fn centre_crop_offset(full: u32, crop: u32) -> u32 {
     ((full - crop) as f64 / 2.0).round_ties_even() as u32
+}
+
+/// File extensions of the images gfer reads (compared without case): what folders, globs
+/// and data sets take from a directory.
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "jfif",
+];
+
+/// Whether the file name of `path` has an image extension.
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Encodes `image` in the format its file name says (`.png`, `.jpg`, ...), written
+/// atomically.
+pub fn save(image: &RgbImage, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let format = ::image::ImageFormat::from_path(path).map_err(|err| Error::Image {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    write_atomically(path, |temporary| {
+        let file = std::fs::File::create(temporary).map_err(|err| Error::io(temporary, err))?;
+        let mut out = std::io::BufWriter::new(file);
+        image
+            .write_to(&mut out, format)
+            .map_err(|err| Error::Image {
+                path: path.display().to_string(),
+                reason: format!("cannot encode the image: {err}"),
+            })?;
+        out.flush().map_err(|err| Error::io(temporary, err))
+    })
 }
 
 #[cfg(test)]

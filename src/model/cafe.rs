@@ -2,7 +2,8 @@
 //! trainable mask generator, the selected feature `F * mask`, an FC to the classes. In
 //! training, a separation branch adds two losses on per-class channel groups.
 //!
-//! The head ([`CafeHead`]) takes `(features, mask_logits)`, so any [`MaskNet`] can feed it.
+//! The head ([`CafeHead`]) takes `(features, mask_logits)`: the authors' ResNet-18
+//! generator ([`ResnetGenerator`]) or fast mode's MLP (`classifier`) can feed it.
 
 use super::resnet::{ResNet18, RESNET18_WIDTHS};
 use super::{Linear, NamedVar};
@@ -272,19 +273,19 @@ impl CafeHead {
     }
 }
 
-/// What produces the mask logits `g` [B,D] (the mask is `sigmoid(g)`).
-pub enum MaskNet {
-    /// The authors' generator: a ResNet-18 on the image, globally average-pooled, with a
-    /// linear `trunk width -> D` after it when the widths differ (an extension).
-    ResNet {
-        trunk: ResNet18,
-        projection: Option<Linear>,
-        final_relu: bool,
-    },
+/// The authors' mask generator: a ResNet-18 on the image, globally average-pooled, giving
+/// the mask logits `g` [B,D] (the mask is `sigmoid(g)`), with a linear `trunk width -> D`
+/// after it when the widths differ (an extension).
+pub struct ResnetGenerator {
+    trunk: ResNet18,
+    projection: Option<Linear>,
+    final_relu: bool,
 }
 
-impl MaskNet {
-    pub fn resnet(vb: &VarBuilder, cfg: &CafeConfig) -> Result<Self> {
+impl ResnetGenerator {
+    /// Tensor names: the ResNet under torchvision names at the root of `vb`, `mask_proj.*`
+    /// when D differs from the trunk width.
+    pub fn new(vb: &VarBuilder, cfg: &CafeConfig) -> Result<Self> {
         let trunk = ResNet18::new(vb, cfg.trunk_widths)?;
         let projection = if trunk.out_dim() != cfg.feature_dim {
             Some(Linear::new(
@@ -295,7 +296,7 @@ impl MaskNet {
         } else {
             None
         };
-        Ok(MaskNet::ResNet {
+        Ok(ResnetGenerator {
             trunk,
             projection,
             final_relu: !cfg.unrestricted_mask,
@@ -304,101 +305,21 @@ impl MaskNet {
 
     /// `train` selects BatchNorm batch statistics (and updates the running ones).
     pub fn mask_logits(&self, images: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            MaskNet::ResNet {
-                trunk,
-                projection,
-                final_relu,
-            } => {
-                let pooled = trunk.forward_t(images, train, *final_relu)?;
-                match projection {
-                    Some(p) => p.forward(&pooled),
-                    None => Ok(pooled),
-                }
-            }
+        let pooled = self.trunk.forward_t(images, train, self.final_relu)?;
+        match &self.projection {
+            Some(p) => p.forward(&pooled),
+            None => Ok(pooled),
         }
     }
 
     pub fn trainable_vars(&self) -> Vec<NamedVar> {
-        match self {
-            MaskNet::ResNet {
-                trunk, projection, ..
-            } => {
-                let mut vars = trunk.trainable_vars();
-                vars.extend(projection.iter().flat_map(|p| p.vars()));
-                vars
-            }
-        }
-    }
-
-    pub fn buffers(&self) -> Vec<NamedVar> {
-        match self {
-            MaskNet::ResNet { trunk, .. } => trunk.buffers(),
-        }
-    }
-}
-
-/// CAFE with the ResNet-18 mask generator.
-pub struct Cafe {
-    mask_net: MaskNet,
-    head: CafeHead,
-    cfg: CafeConfig,
-}
-
-impl Cafe {
-    /// Tensor names: the ResNet under torchvision names at the root of `vb`, `mask_proj.*`
-    /// when D differs from the trunk width, `fc.weight` [L,D] and `fc.bias` [L].
-    pub fn new(vb: VarBuilder, cfg: &CafeConfig) -> Result<Self> {
-        cfg.validate()?;
-        Ok(Self {
-            mask_net: MaskNet::resnet(&vb, cfg)?,
-            head: CafeHead::new(&vb, cfg)?,
-            cfg: cfg.clone(),
-        })
-    }
-
-    pub fn config(&self) -> &CafeConfig {
-        &self.cfg
-    }
-
-    /// The forward pass of one training step, BatchNorm in training mode (its running
-    /// statistics are updated). `images` [B,3,H,W] preprocessed, `features` [B,D] from the
-    /// frozen encoder, `labels` [B] class indices, `drop` [D] 0/1.
-    pub fn train_step_losses(
-        &self,
-        images: &Tensor,
-        features: &Tensor,
-        labels: &Tensor,
-        drop: &Tensor,
-    ) -> Result<CafeLosses> {
-        let mask_logits = self.mask_net.mask_logits(images, true)?;
-        self.head
-            .train_losses(&features.detach(), &mask_logits, labels, drop)
-    }
-
-    /// The deployed classifier's logits `[B,L]`, BatchNorm in evaluation mode.
-    pub fn logits(&self, images: &Tensor, features: &Tensor) -> Result<Tensor> {
-        let mask_logits = self.mask_net.mask_logits(images, false)?;
-        self.head.logits(features, &mask_logits)
-    }
-
-    /// The mask `sigmoid(g)` `[B,D]`, BatchNorm in evaluation mode.
-    pub fn mask(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::sigmoid(
-            &self.mask_net.mask_logits(images, false)?,
-        )?)
-    }
-
-    /// Every trained tensor (the optimiser's parameters).
-    pub fn trainable_vars(&self) -> Vec<NamedVar> {
-        let mut vars = self.mask_net.trainable_vars();
-        vars.extend(self.head.vars());
+        let mut vars = self.trunk.trainable_vars();
+        vars.extend(self.projection.iter().flat_map(|p| p.vars()));
         vars
     }
 
-    /// Tensors kept but not trained (BatchNorm running statistics).
     pub fn buffers(&self) -> Vec<NamedVar> {
-        self.mask_net.buffers()
+        self.trunk.buffers()
     }
 }
 
@@ -449,8 +370,16 @@ mod tests {
         assert!(bad(|c| c.beta = f64::NAN));
     }
 
-    fn tiny(cfg: &CafeConfig, seed: u64) -> Result<Cafe> {
-        Cafe::new(init_var_builder(HashMap::new(), seed, &Device::Cpu), cfg)
+    /// CAFE's ResNet-18 generator and head, initialised as a new model is.
+    fn tiny(cfg: &CafeConfig, seed: u64) -> Result<(ResnetGenerator, CafeHead)> {
+        let vb = init_var_builder(HashMap::new(), seed, &Device::Cpu);
+        Ok((ResnetGenerator::new(&vb, cfg)?, CafeHead::new(&vb, cfg)?))
+    }
+
+    fn mask_of(generator: &ResnetGenerator, images: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::sigmoid(
+            &generator.mask_logits(images, false)?,
+        )?)
     }
 
     fn batch(cfg: &CafeConfig) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
@@ -479,13 +408,13 @@ mod tests {
             trunk_widths: [2, 4, 8, 512],
             ..CafeConfig::default()
         };
-        let mask = tiny(&plain, 1)?.mask(&images)?;
+        let mask = mask_of(&tiny(&plain, 1)?.0, &images)?;
         assert!(mask.min_all()?.to_scalar::<f32>()? >= 0.5);
         let unrestricted = CafeConfig {
             unrestricted_mask: true,
             ..plain
         };
-        let mask = tiny(&unrestricted, 1)?.mask(&images)?;
+        let mask = mask_of(&tiny(&unrestricted, 1)?.0, &images)?;
         assert!(mask.min_all()?.to_scalar::<f32>()? < 0.5);
         Ok(())
     }
@@ -495,12 +424,21 @@ mod tests {
     ) -> Result<()> {
         let cfg = small();
         let (images, features, labels, drop) = batch(&cfg)?;
-        let coded = tiny(&cfg, 2)?.train_step_losses(&images, &features, &labels, &drop)?;
+        let losses = |cfg: &CafeConfig| -> Result<CafeLosses> {
+            let (generator, head) = tiny(cfg, 2)?;
+            head.train_losses(
+                &features,
+                &generator.mask_logits(&images, true)?,
+                &labels,
+                &drop,
+            )
+        };
+        let coded = losses(&cfg)?;
         let paper_cfg = CafeConfig {
             paper_div: true,
             ..cfg.clone()
         };
-        let paper = tiny(&paper_cfg, 2)?.train_step_losses(&images, &features, &labels, &drop)?;
+        let paper = losses(&paper_cfg)?;
         let coded_term = 1.0 - coded.loss_div.to_scalar::<f32>()?;
         let paper_term = 1.0 - paper.loss_div.to_scalar::<f32>()?;
         assert!((paper_term / coded_term - 7.0).abs() < 1e-4);
@@ -509,10 +447,10 @@ mod tests {
             group_max_inference: true,
             ..cfg.clone()
         };
-        let model = tiny(&group_cfg, 2)?;
-        let logits = model.logits(&images, &features)?;
+        let (generator, head) = tiny(&group_cfg, 2)?;
+        let logits = head.logits(&features, &generator.mask_logits(&images, false)?)?;
         assert_eq!(logits.dims(), [3, 7]);
-        let selected = (&features * model.mask(&images)?)?;
+        let selected = (&features * mask_of(&generator, &images)?)?;
         let first_group = selected.narrow(1, 0, 73)?.max(1)?;
         let diff = (logits.narrow(1, 0, 1)?.squeeze(1)? - first_group)?
             .abs()?
@@ -532,13 +470,22 @@ mod tests {
         assert_eq!(cfg.group(), 12);
         let (images, features, _, drop) = batch(&cfg)?;
         let labels = Tensor::new(&[0u32, 7, 2], &Device::Cpu)?;
-        let model = tiny(&cfg, 4)?;
-        let names: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
-        assert!(names.contains(&"mask_proj.weight".to_string()));
-        let losses = model.train_step_losses(&images, &features, &labels, &drop)?;
+        let (generator, head) = tiny(&cfg, 4)?;
+        let vars: Vec<NamedVar> = generator
+            .trainable_vars()
+            .into_iter()
+            .chain(head.vars())
+            .collect();
+        assert!(vars.iter().any(|(n, _)| n == "mask_proj.weight"));
+        let losses = head.train_losses(
+            &features,
+            &generator.mask_logits(&images, true)?,
+            &labels,
+            &drop,
+        )?;
         assert_eq!(losses.logits.dims(), [3, 8]);
         let grads = losses.loss.backward()?;
-        for (name, var) in model.trainable_vars() {
+        for (name, var) in vars {
             assert!(
                 grads.get(var.as_tensor()).is_some(),
                 "no gradient for {name}"

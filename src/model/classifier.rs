@@ -14,9 +14,10 @@
 use crate::backbone::Encoder;
 use crate::error::{Error, Result};
 use crate::image::Preset;
-use crate::model::{CafeConfig, CafeHead, CafeLosses, FrozenResnet, Linear, MaskNet, NamedVar};
-use crate::train::fit::{Batch, Trainable};
-use crate::train::fused::FusedModel;
+use crate::model::batch::{model_tensors, Batch, HostLayers, Trainable};
+use crate::model::{
+    CafeConfig, CafeHead, CafeLosses, FrozenResnet, Linear, NamedVar, ResnetGenerator,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -255,7 +256,7 @@ impl ModelSpec {
 }
 
 enum Generator {
-    Resnet(MaskNet),
+    Resnet(ResnetGenerator),
     Mlp {
         layers: Vec<Linear>,
         final_relu: bool,
@@ -330,7 +331,7 @@ impl Classifier {
                     // Concat and the plain ResNet use the pooled trunk as it is.
                     cfg.feature_dim = widths[3];
                 }
-                Some(Generator::Resnet(MaskNet::resnet(&vb, &cfg)?))
+                Some(Generator::Resnet(ResnetGenerator::new(&vb, &cfg)?))
             }
             Some(GeneratorSpec::Mlp {
                 input,
@@ -397,7 +398,7 @@ impl Classifier {
                 crate::model::init_var_builder(HashMap::new(), 0, device),
                 spec,
             )?;
-            crate::train::fit::model_tensors(&probe)?
+            model_tensors(&probe)?
         };
         let missing: Vec<String> = expected
             .iter()
@@ -582,20 +583,20 @@ impl Trainable for Classifier {
         self.spec.cafe.drop_per_group
     }
 
-    fn fused(&self) -> Option<FusedModel> {
+    fn host_layers(&self) -> Option<HostLayers> {
         let (generator, final_relu) = match &self.generator {
             None => (Vec::new(), false),
             Some(Generator::Mlp { layers, final_relu }) => (layers.clone(), *final_relu),
             Some(Generator::Resnet(_)) => return None,
         };
         match &self.head {
-            Head::Cafe(head) => Some(FusedModel {
+            Head::Cafe(head) => Some(HostLayers {
                 generator,
                 final_relu,
                 fc: head.fc().clone(),
                 cafe: Some(head.config().clone()),
             }),
-            Head::Fc(fc) if self.spec.method == Method::LinearProbe => Some(FusedModel {
+            Head::Fc(fc) if self.spec.method == Method::LinearProbe => Some(HostLayers {
                 generator,
                 final_relu,
                 fc: fc.clone(),

@@ -2,15 +2,12 @@
 //! trained on. `eval`, `predict` and `serve` all go through [`ExpressionModel`].
 
 use crate::backbone::{load_encoder, Encoder};
-use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::eval::metrics::{Confusion, Metrics};
-use crate::image::{DecodeLimits, Preprocess, RgbImage};
+use crate::image::{Preprocess, RgbImage};
 use crate::model::bundle::{Bundle, BundleMeta};
 use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, ModelSpec};
-use crate::train::fit::{Batch, EvalSource, Trainable};
+use crate::model::{Batch, Trainable};
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 use std::path::Path;
 
 pub struct ExpressionModel {
@@ -107,61 +104,4 @@ impl ExpressionModel {
         let pixels = self.preprocess().batch(images, &self.device)?;
         Ok(self.probabilities(&pixels)?.to_vec2::<f32>()?)
     }
-
-    /// Accuracy, per-class accuracy, macro-F1 and confusion on labelled samples.
-    /// Unreadable images are returned with the reason and left out of the metrics.
-    pub fn evaluate(
-        &self,
-        samples: &[&Sample],
-        batch_size: usize,
-        limits: &DecodeLimits,
-        progress: &indicatif::ProgressBar,
-    ) -> Result<(Metrics, Vec<(String, String)>)> {
-        let mut confusion = Confusion::new(self.class_names());
-        let mut failures = Vec::new();
-        progress.set_length(samples.len() as u64);
-        progress.set_position(0);
-        for chunk in samples.chunks(batch_size.max(1)) {
-            let decoded: Vec<Result<RgbImage>> =
-                chunk.par_iter().map(|s| s.source.load(limits)).collect();
-            let mut images = Vec::new();
-            let mut labels = Vec::new();
-            for (sample, image) in chunk.iter().zip(decoded) {
-                match image {
-                    Ok(image) => {
-                        images.push(image);
-                        labels.push(sample.label.index());
-                    }
-                    Err(e) => failures.push((sample.source.describe(), e.to_string())),
-                }
-            }
-            for (probabilities, truth) in self.classify_images(&images)?.iter().zip(labels) {
-                confusion.add(truth, argmax(probabilities));
-            }
-            progress.inc(chunk.len() as u64);
-        }
-        Ok((confusion.metrics(), failures))
-    }
-}
-
-impl ExpressionModel {
-    /// Metrics on prepared evaluation batches (e.g. cached features).
-    pub fn evaluate_source(&self, source: &dyn EvalSource, batch_size: usize) -> Result<Metrics> {
-        crate::train::fit::evaluate(&self.classifier, source, batch_size, self.class_names())
-    }
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
 }

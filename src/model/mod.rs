@@ -1,39 +1,55 @@
-//! The trainable part of CAFE: the mask generator ([`resnet`]), the head with its training
-//! losses ([`cafe`]), the layers candle cannot train as shipped ([`ops`]), and where a new
-//! model's starting tensors come from ([`init_var_builder`]).
+//! The model layer: the trainable CAFE model and the vocabulary around it. It sits above
+//! the frozen encoders ([`crate::backbone`]) and below training, evaluation and prediction,
+//! which use it; it imports nothing from them.
+//!
+//! - [`cafe`]: CAFE's head with its training losses, and the ResNet-18 mask generator.
+//! - [`classifier`]: every method (CAFE, its ablations, the baselines) as one model type,
+//!   [`Classifier`], described by a [`ModelSpec`] that the bundle records.
+//! - [`resnet`]: ResNet-18 under torchvision's names, and its checkpoint reader.
+//! - [`batch`]: [`Batch`] and [`Trainable`], what training, evaluation and inference share.
+//! - [`bundle`]: the one-file model bundle; [`inference`]: a bundle with its encoder, ready
+//!   to classify images.
+//! - [`init_var_builder`]: where a new model's starting tensors come from.
 //!
 //! Tensor names follow PyTorch: the ResNet-18 mask generator under torchvision's names at
 //! the root (`conv1.weight`, `layer2.0.downsample.1.running_var`, ...), the classifier as
 //! `fc.weight`/`fc.bias`, the optional mask projection as `mask_proj.weight`/`.bias`.
 //!
-//! A new model from the MS-Celeb ResNet-18, trained one step:
+//! CAFE with the MS-Celeb ResNet-18 as its mask generator, and the losses of one batch
+//! (a training step on them: `gfer::train::step`):
 //!
 //! ```no_run
 //! # fn main() -> gfer::Result<()> {
-//! use candle_core::{Device, Tensor};
-//! use gfer::model::{drop_vector, init_var_builder, resnet, Cafe, CafeConfig};
-//! use gfer::train::{optim::{Adam, AdamConfig}, train_step};
+//! use candle_core::{DType, Device, Tensor};
+//! use gfer::model::classifier::{GeneratorSpec, Method};
+//! use gfer::model::{drop_vector, init_var_builder, resnet, Batch, CafeConfig};
+//! use gfer::model::{Classifier, ModelSpec, Trainable};
 //! use rand::SeedableRng;
 //!
 //! let device = Device::Cpu;
 //! let cfg = CafeConfig::default();
 //! let path = std::path::Path::new("resnet18_msceleb.pth");
 //! let resnet = resnet::load_checkpoint(path, cfg.trunk_widths, false, &device)?;
+//! let generator = GeneratorSpec::Resnet { widths: cfg.trunk_widths };
+//! let spec = ModelSpec::new(Method::Cafe, cfg.clone(), generator);
 //! // The FC (and anything a partial checkpoint lacks) starts from PyTorch's default init.
-//! let model = Cafe::new(init_var_builder(resnet, 3407, &device), &cfg)?;
-//! let mut adam = Adam::new(model.trainable_vars(), AdamConfig::default())?;
+//! let model = Classifier::new(init_var_builder(resnet, 3407, &device), &spec)?;
 //!
-//! let images = Tensor::zeros((2, 3, 224, 224), candle_core::DType::F32, &device)?;
-//! let features = Tensor::zeros((2, 512), candle_core::DType::F32, &device)?;
-//! let labels = Tensor::new(&[3u32, 6], &device)?;
+//! let batch = Batch {
+//!     images: Some(Tensor::zeros((2, 3, 224, 224), DType::F32, &device)?),
+//!     features: Some(Tensor::zeros((2, 512), DType::F32, &device)?),
+//!     mask_input: None,
+//!     labels: Tensor::new(&[3u32, 6], &device)?,
+//! };
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3407);
 //! let drop = drop_vector(cfg.feature_dim, cfg.classes, cfg.drop_per_group, &mut rng)?;
-//! let outcome = train_step(&model, &mut adam, &images, &features, &labels, &Tensor::new(drop, &device)?)?;
-//! println!("loss {}", outcome.loss);
+//! let losses = model.train_losses(&batch, &Tensor::new(drop, &device)?)?;
+//! println!("loss {}", losses.loss.to_scalar::<f32>()?);
 //! # Ok(())
 //! # }
 //! ```
 
+pub mod batch;
 pub mod bundle;
 pub mod cafe;
 pub mod classifier;
@@ -41,17 +57,18 @@ pub mod inference;
 pub mod ops;
 pub mod resnet;
 
-pub use cafe::{drop_vector, Cafe, CafeConfig, CafeHead, CafeLosses, MaskNet};
+pub use batch::{argmax, model_tensors, Batch, HostLayers, Trainable};
+pub use cafe::{drop_vector, CafeConfig, CafeHead, CafeLosses, ResnetGenerator};
+pub use classifier::{Classifier, ModelSpec};
 pub use resnet::{FrozenResnet, ResNet18};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::Distribution;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 
 /// A tensor a model trains or keeps (BatchNorm statistics), with its full name.
@@ -197,94 +214,6 @@ impl Linear {
     pub fn vars(&self) -> Vec<NamedVar> {
         vec![self.weight.clone(), self.bias.clone()]
     }
-}
-
-/// Writes named tensors (f32, i64 or u32) and string metadata as a safetensors file,
-/// atomically: to a temporary name in the same folder, then renamed.
-pub fn save_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let display = path.display().to_string();
-    let mut raw = Vec::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
-        let shape = tensor.dims().to_vec();
-        let tensor = tensor.to_device(&Device::Cpu)?.flatten_all()?;
-        let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match tensor.dtype() {
-            DType::F32 => (
-                safetensors::Dtype::F32,
-                tensor
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            DType::I64 => (
-                safetensors::Dtype::I64,
-                tensor
-                    .to_vec1::<i64>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            DType::U32 => (
-                safetensors::Dtype::U32,
-                tensor
-                    .to_vec1::<u32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            other => {
-                return Err(Error::weights(
-                    &display,
-                    format!("{name}: cannot write dtype {other:?}"),
-                ))
-            }
-        };
-        raw.push((name.clone(), dtype, shape, bytes));
-    }
-    let views = raw
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
-                .map_err(|e| Error::weights(&display, format!("{name}: {e}")))?;
-            Ok((name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| Error::weights(&display, format!("cannot serialise: {e}")))?;
-    write_atomically(path, &bytes)
-}
-
-/// Reads every tensor and the metadata of a safetensors file.
-pub fn load_safetensors(
-    path: &Path,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let display = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::weights(&display, format!("not a readable safetensors file: {e}")))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::weights(&display, format!("not a readable safetensors file: {e}")))?;
-    Ok((tensors, metadata))
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so a
-/// kill never leaves a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::config(format!("{} is not a file path", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

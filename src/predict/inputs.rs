@@ -6,12 +6,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// File extensions taken from folders and globs (explicitly named files are read whatever
-/// their name).
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "jfif",
-];
-
 /// One image to read.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Input {
@@ -89,7 +83,9 @@ fn expand_glob(pattern: &str, collected: &mut Collected) {
                 let found = images_under(&path, &mut collected.missing);
                 collected.inputs.extend(found.into_iter().map(Input::File));
             }
-            Ok(path) if has_image_extension(&path) => collected.inputs.push(Input::File(path)),
+            Ok(path) if crate::image::has_image_extension(&path) => {
+                collected.inputs.push(Input::File(path))
+            }
             Ok(_) => {}
             Err(err) => collected
                 .missing
@@ -108,7 +104,10 @@ fn images_under(folder: &Path, problems: &mut Vec<(String, String)>) -> Vec<Path
     let mut found = Vec::new();
     for entry in walkdir::WalkDir::new(folder).follow_links(true) {
         match entry {
-            Ok(entry) if entry.file_type().is_file() && has_image_extension(entry.path()) => {
+            Ok(entry)
+                if entry.file_type().is_file()
+                    && crate::image::has_image_extension(entry.path()) =>
+            {
                 found.push(entry.into_path())
             }
             Ok(_) => {}
@@ -122,12 +121,6 @@ fn images_under(folder: &Path, problems: &mut Vec<(String, String)>) -> Vec<Path
     }
     found.sort();
     found
-}
-
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// `K/N`: the K-th (0-based) of N equal parts of the sorted inputs. Input i belongs to

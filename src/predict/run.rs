@@ -101,7 +101,7 @@ pub fn predict_inputs<W: Write>(
                     }
                     if let (Some(dir), Some(image)) = (&options.draw_dir, image) {
                         let drawn = annotate(image, prediction, predictor.class_names());
-                        problem = save_drawing(&drawn, &draw_path(dir, input))
+                        problem = crate::image::save(&drawn, &draw_path(dir, input))
                             .err()
                             .map(|err| err.to_string());
                     }
@@ -168,25 +168,6 @@ pub fn draw_path(dir: &Path, input: &Input) -> PathBuf {
             out
         }
     }
-}
-
-/// Encodes in the format the file name says, written atomically.
-fn save_drawing(image: &RgbImage, path: &Path) -> Result<()> {
-    let format = image::ImageFormat::from_path(path).map_err(|err| Error::Image {
-        path: path.display().to_string(),
-        reason: err.to_string(),
-    })?;
-    crate::formats::tensorfile::write_atomically(path, |temporary| {
-        let file = std::fs::File::create(temporary).map_err(|err| Error::io(temporary, err))?;
-        let mut out = std::io::BufWriter::new(file);
-        image
-            .write_to(&mut out, format)
-            .map_err(|err| Error::Image {
-                path: path.display().to_string(),
-                reason: format!("cannot encode the drawing: {err}"),
-            })?;
-        out.flush().map_err(|err| Error::io(temporary, err))
-    })
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ use crate::data::ImageSource;
 use crate::error::{Error, Result};
 use crate::formats::tensorfile;
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
+use crate::model::classifier::{Classifier, MaskInput};
 use crate::model::FrozenResnet;
-use crate::train::fit::{rng_for, RNG_VIEW};
+use crate::train::rng::{rng_for, RNG_VIEW};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,7 +55,7 @@ impl CachedFeatures {
     pub fn open(path: &Path) -> Result<CachedFeatures> {
         let display = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // Safety: cache files are only replaced by rename, never written in place, so the
+        // SAFETY: cache files are only replaced by rename, never written in place, so the
         // mapped bytes do not change under us.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (header_len, header) = safetensors::SafeTensors::read_metadata(&map)
@@ -111,15 +112,23 @@ impl CachedFeatures {
         self.index.get(hash).copied()
     }
 
+    /// The row of each of these content hashes, every one of which must be cached.
+    pub fn rows_of(&self, hashes: &[String]) -> Result<Vec<usize>> {
+        hashes
+            .iter()
+            .map(|h| {
+                self.row_of(h).ok_or_else(|| {
+                    Error::internal(format!("image {h} is missing from the feature cache"))
+                })
+            })
+            .collect()
+    }
+
     /// The features of view `view` of row `row`.
     pub fn get(&self, row: usize, view: usize) -> &[f32] {
         let start = self.offset + ((row * self.views + view) * self.dim) * 4;
-        let bytes = &self.map[start..start + self.dim * 4];
-        // Safety: the offset is a multiple of 4 (checked in `open`) in a page-aligned map,
-        // and any bit pattern is a valid f32.
-        let (head, floats, _) = unsafe { bytes.align_to::<f32>() };
-        debug_assert!(head.is_empty());
-        floats
+        // The map is page-aligned and `open` checked that the offset is a multiple of 4.
+        bytemuck::cast_slice(&self.map[start..start + self.dim * 4])
     }
 }
 
@@ -130,6 +139,17 @@ pub enum MaskSource<'a> {
     Resnet(&'a FrozenResnet),
     /// The mean patch token of encoder block LAYER (from 1).
     Tokens(usize),
+}
+
+impl<'a> MaskSource<'a> {
+    /// What `model`'s mask generator reads besides F, when it reads something else.
+    pub fn for_model(model: &'a Classifier) -> Option<Self> {
+        match model.mask_input()? {
+            MaskInput::Resnet18 => model.frozen_resnet().map(MaskSource::Resnet),
+            MaskInput::Tokens(layer) => Some(MaskSource::Tokens(layer)),
+            MaskInput::Feature => None,
+        }
+    }
 }
 
 /// Which files a cache needs.
@@ -393,61 +413,73 @@ fn select(batch: &Tensor, rows: &[usize]) -> Result<Tensor> {
     Ok(batch.index_select(&index, 0)?)
 }
 
-/// Makes sure the clean files (`augmented` false) or the views files hold every image,
-/// computing only what is missing: the encoder features, and with `key.mask` the mask
-/// generator's input beside them. Images are identified by `hashes` (content hashes, as
-/// computed by [`crate::image::content_hash`]).
-#[allow(clippy::too_many_arguments)]
-fn build_files(
-    key: &CacheKey,
+/// The files one build completes: the encoder features and, with `key.mask`, the mask
+/// generator's input beside them, clean (one view) or augmented (`key.views` views).
+struct BuildFiles {
     augmented: bool,
-    dir: &Path,
-    sources: &[ImageSource],
-    hashes: &[String],
-    limits: &DecodeLimits,
-    stop: &AtomicBool,
-    progress: &indicatif::ProgressBar,
-) -> Result<(BuildCount, Option<BuildCount>)> {
-    let views = if augmented { key.views } else { 1 };
-    let mut seen = HashSet::new();
-    let unique: Vec<usize> = (0..hashes.len())
-        .filter(|&i| seen.insert(hashes[i].clone()))
-        .collect();
-    let (feature_path, mask_path) = if augmented {
-        (key.views_path(dir), key.mask_views_path(dir))
-    } else {
-        (key.clean_path(dir), key.mask_clean_path(dir))
-    };
-    let mut features = Completion::open(feature_path, views, key.encoder.dim(), hashes, &unique)?;
-    let mut mask = match (mask_path, key.mask_dim()) {
-        (Some(path), Some(dim)) => Some(Completion::open(path, views, dim, hashes, &unique)?),
-        _ => None,
-    };
-    let counts = (features.count(), mask.as_ref().map(Completion::count));
-    let work: Vec<usize> = unique
-        .iter()
-        .copied()
-        .filter(|i| features.todo.contains(i) || mask.as_ref().is_some_and(|m| m.todo.contains(i)))
-        .collect();
-    progress.set_length(work.len() as u64);
-    progress.set_position(0);
-    progress.set_message(if augmented {
-        "encoding augmented views"
-    } else {
-        "encoding clean views"
-    });
-    let device = Device::Cpu;
-    let s = key.preprocess.size as usize;
-    // Encode in chunks of images, all views of an image together.
-    let per_chunk = (32 / views).max(1);
-    for chunk in work.chunks(per_chunk) {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let images: Vec<RgbImage> = chunk
-            .par_iter()
-            .map(|&i| sources[i].load(limits))
-            .collect::<Result<_>>()?;
+    views: usize,
+    features: Completion,
+    mask: Option<Completion>,
+    /// The distinct content hashes of the set.
+    seen: HashSet<String>,
+    /// The first index of each distinct image.
+    unique: Vec<usize>,
+}
+
+impl BuildFiles {
+    fn open(key: &CacheKey, augmented: bool, dir: &Path, hashes: &[String]) -> Result<Self> {
+        let views = if augmented { key.views } else { 1 };
+        let mut seen = HashSet::new();
+        let unique: Vec<usize> = (0..hashes.len())
+            .filter(|&i| seen.insert(hashes[i].clone()))
+            .collect();
+        let (feature_path, mask_path) = if augmented {
+            (key.views_path(dir), key.mask_views_path(dir))
+        } else {
+            (key.clean_path(dir), key.mask_clean_path(dir))
+        };
+        let features = Completion::open(feature_path, views, key.encoder.dim(), hashes, &unique)?;
+        let mask = match (mask_path, key.mask_dim()) {
+            (Some(path), Some(dim)) => Some(Completion::open(path, views, dim, hashes, &unique)?),
+            _ => None,
+        };
+        Ok(BuildFiles {
+            augmented,
+            views,
+            features,
+            mask,
+            seen,
+            unique,
+        })
+    }
+
+    fn counts(&self) -> (BuildCount, Option<BuildCount>) {
+        (
+            self.features.count(),
+            self.mask.as_ref().map(Completion::count),
+        )
+    }
+
+    /// The images (the first of each content hash) that either file still lacks.
+    fn missing(&self) -> Vec<usize> {
+        let lacks = |c: &Completion, i: &usize| c.todo.contains(i);
+        self.unique
+            .iter()
+            .copied()
+            .filter(|i| lacks(&self.features, i) || self.mask.as_ref().is_some_and(|m| lacks(m, i)))
+            .collect()
+    }
+
+    /// Encodes every view of the images `chunk` (decoded as `images`) and stores in each
+    /// file what it lacks.
+    fn encode(
+        &mut self,
+        key: &CacheKey,
+        chunk: &[usize],
+        images: &[RgbImage],
+        hashes: &[String],
+    ) -> Result<()> {
+        let (views, augmented) = (self.views, self.augmented);
         let pixels: Vec<f32> = images
             .par_iter()
             .zip(chunk.par_iter())
@@ -456,39 +488,40 @@ fn build_files(
                     .flat_map(move |v| view_pixels(key, image, &hashes[i], augmented.then_some(v)))
             })
             .collect();
-        let batch = Tensor::from_vec(pixels, (chunk.len() * views, 3, s, s), &device)?;
-        // Rows of `batch` of the images at these positions of the chunk.
-        let rows_of = |wanted: &dyn Fn(usize) -> bool| -> (Vec<usize>, Vec<usize>) {
-            let positions: Vec<usize> = (0..chunk.len()).filter(|&j| wanted(chunk[j])).collect();
+        let s = key.preprocess.size as usize;
+        let batch = Tensor::from_vec(pixels, (chunk.len() * views, 3, s, s), &Device::Cpu)?;
+        // The images of the chunk that a file lacks, and their rows in `batch`.
+        let lacking = |file: Option<&Completion>| -> (Vec<usize>, Vec<usize>) {
+            let positions: Vec<usize> = (0..chunk.len())
+                .filter(|&j| file.is_some_and(|f| f.todo.contains(&chunk[j])))
+                .collect();
             let rows = positions
                 .iter()
                 .flat_map(|&j| j * views..(j + 1) * views)
                 .collect();
             (positions.iter().map(|&j| chunk[j]).collect(), rows)
         };
-        let (f_items, f_rows) = rows_of(&|i| features.todo.contains(&i));
-        let (m_items, m_rows) = match &mask {
-            Some(m) => rows_of(&|i| m.todo.contains(&i)),
-            None => (Vec::new(), Vec::new()),
-        };
+        let (f_items, f_rows) = lacking(Some(&self.features));
+        let (m_items, m_rows) = lacking(self.mask.as_ref());
         let values = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         match key.mask {
             Some(MaskSource::Tokens(layer)) => {
                 // One encoder pass gives both; keep what each file lacks.
                 let (f, t) = key.encoder.encode_with_tokens(&batch, layer)?;
                 if !f_items.is_empty() {
-                    features.add(&f_items, hashes, &values(select(&f, &f_rows)?)?);
+                    self.features
+                        .add(&f_items, hashes, &values(select(&f, &f_rows)?)?);
                 }
-                if let Some(m) = mask.as_mut().filter(|_| !m_items.is_empty()) {
+                if let Some(m) = self.mask.as_mut().filter(|_| !m_items.is_empty()) {
                     m.add(&m_items, hashes, &values(select(&t, &m_rows)?)?);
                 }
             }
             other => {
                 if !f_items.is_empty() {
                     let f = key.encoder.encode(&select(&batch, &f_rows)?)?;
-                    features.add(&f_items, hashes, &values(f)?);
+                    self.features.add(&f_items, hashes, &values(f)?);
                 }
-                if let (Some(MaskSource::Resnet(net)), Some(m)) = (other, mask.as_mut()) {
+                if let (Some(MaskSource::Resnet(net)), Some(m)) = (other, self.mask.as_mut()) {
                     if !m_items.is_empty() {
                         let pooled =
                             net.pooled(&select(&batch, &m_rows)?, key.preprocess.preset)?;
@@ -497,17 +530,60 @@ fn build_files(
                 }
             }
         }
+        Ok(())
+    }
+
+    fn finish(self, key: &CacheKey) -> Result<()> {
+        let augmented = self.augmented;
+        self.features
+            .finish(&self.seen, |h| key.metadata(h, false), augmented)?;
+        if let Some(m) = self.mask {
+            m.finish(&self.seen, |h| key.metadata(h, true), augmented)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure the clean files (`augmented` false) or the views files hold every image,
+/// computing only what is missing: the encoder features, and with `key.mask` the mask
+/// generator's input beside them. Images are identified by their content hashes (as
+/// computed by [`crate::image::content_hash`]).
+fn build_files(
+    key: &CacheKey,
+    augmented: bool,
+    dir: &Path,
+    images: CacheImages,
+    stop: &AtomicBool,
+    progress: &indicatif::ProgressBar,
+) -> Result<(BuildCount, Option<BuildCount>)> {
+    let mut files = BuildFiles::open(key, augmented, dir, images.hashes)?;
+    let counts = files.counts();
+    let work = files.missing();
+    progress.set_length(work.len() as u64);
+    progress.set_position(0);
+    progress.set_message(if augmented {
+        "encoding augmented views"
+    } else {
+        "encoding clean views"
+    });
+    // Encode in chunks of images, all views of an image together.
+    for chunk in work.chunks((32 / files.views).max(1)) {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let decoded: Vec<RgbImage> = chunk
+            .par_iter()
+            .map(|&i| images.sources[i].load(images.limits))
+            .collect::<Result<_>>()?;
+        files.encode(key, chunk, &decoded, images.hashes)?;
         progress.inc(chunk.len() as u64);
     }
     let stopped = stop.load(Ordering::SeqCst);
     // Written even when interrupted: what was encoded is kept.
-    features.finish(&seen, |h| key.metadata(h, false), augmented)?;
-    if let Some(m) = mask {
-        m.finish(&seen, |h| key.metadata(h, true), augmented)?;
-    }
+    files.finish(key)?;
     if stopped {
-        return Err(Error::config(
-            "interrupted while building the feature cache (what was encoded is saved)",
+        return Err(Error::interrupted(
+            "the feature cache was being built; what was encoded is saved",
         ));
     }
     Ok(counts)
@@ -555,25 +631,45 @@ fn open_optional(path: Option<PathBuf>) -> Result<Option<CachedFeatures>> {
     path.map(|p| CachedFeatures::open(&p)).transpose()
 }
 
+/// Images to cache: where each comes from, its content hash, and the decoding limits.
+#[derive(Clone, Copy)]
+pub struct CacheImages<'a> {
+    pub sources: &'a [ImageSource],
+    pub hashes: &'a [String],
+    pub limits: &'a DecodeLimits,
+}
+
 /// Builds (or completes) the cache for a training run and maps it: clean views of the
 /// training and held-out images, augmented views of the training images, for F and (with
 /// `key.mask`) for the mask generator's input.
 pub fn build(
     dir: &Path,
     key: &CacheKey,
-    train: (&[ImageSource], &[String]),
-    held_out: (&[ImageSource], &[String]),
-    limits: &DecodeLimits,
+    train: CacheImages,
+    held_out: CacheImages,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
 ) -> Result<Cache> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let sources: Vec<ImageSource> = train.0.iter().chain(held_out.0).cloned().collect();
-    let hashes: Vec<String> = train.1.iter().chain(held_out.1).cloned().collect();
-    let (clean, mask_clean) =
-        build_files(key, false, dir, &sources, &hashes, limits, stop, progress)?;
-    let (views, mask_views) =
-        build_files(key, true, dir, train.0, train.1, limits, stop, progress)?;
+    let sources: Vec<ImageSource> = train
+        .sources
+        .iter()
+        .chain(held_out.sources)
+        .cloned()
+        .collect();
+    let hashes: Vec<String> = train
+        .hashes
+        .iter()
+        .chain(held_out.hashes)
+        .cloned()
+        .collect();
+    let both = CacheImages {
+        sources: &sources,
+        hashes: &hashes,
+        limits: train.limits,
+    };
+    let (clean, mask_clean) = build_files(key, false, dir, both, stop, progress)?;
+    let (views, mask_views) = build_files(key, true, dir, train, stop, progress)?;
     Ok(Cache {
         clean: CachedFeatures::open(&key.clean_path(dir))?,
         views: CachedFeatures::open(&key.views_path(dir))?,
@@ -593,12 +689,10 @@ pub fn build(
 pub fn build_clean(
     dir: &Path,
     key: &CacheKey,
-    sources: &[ImageSource],
-    hashes: &[String],
-    limits: &DecodeLimits,
+    images: CacheImages,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
 ) -> Result<(BuildCount, Option<BuildCount>)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    build_files(key, false, dir, sources, hashes, limits, stop, progress)
+    build_files(key, false, dir, images, stop, progress)
 }

@@ -3,21 +3,20 @@
 //! vector, Adam with L2 and ExponentialLR, per-epoch evaluation, the epoch log, atomic
 //! checkpoints, exact resume and clean interruption.
 //!
-//! Everything random is derived from (seed, epoch, step or sample index), never from a
-//! generator that runs through the whole training, so a run resumed from any checkpoint
-//! draws exactly what the uninterrupted run would have drawn.
+//! Everything random is derived from (seed, epoch, step or sample index) ([`rng`]), so a
+//! run resumed from any checkpoint draws exactly what the uninterrupted run would have
+//! drawn.
 
 use crate::error::{Error, Result};
-use crate::eval::metrics::{Confusion, Metrics};
+use crate::eval::{evaluate, EvalSource};
 use crate::formats::tensorfile::{self, TensorFile};
-use crate::model::{drop_vector, CafeLosses, NamedVar};
-use crate::train::fused::{FusedModel, FusedStep};
+use crate::model::{drop_vector, model_tensors, Batch, Trainable};
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
-use crate::train::run_folder::RunDir;
+use crate::train::rng::{rng_for, RNG_DROP, RNG_SHUFFLE};
+use crate::train::run_folder::RunFolder;
+use crate::train::step::{self, Step, StepOutcome, Synced};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,31 +46,6 @@ impl Default for Recipe {
     }
 }
 
-/// A generator for one purpose at one point of training: the same (seed, purpose, a, b)
-/// always gives the same stream.
-pub fn rng_for(seed: u64, purpose: u64, a: u64, b: u64) -> ChaCha8Rng {
-    let mut key = [0u8; 32];
-    for (i, v) in [seed, purpose, a, b].iter().enumerate() {
-        key[i * 8..(i + 1) * 8].copy_from_slice(&v.to_le_bytes());
-    }
-    ChaCha8Rng::from_seed(*blake3::hash(&key).as_bytes())
-}
-
-/// Purposes of the derived generators.
-pub const RNG_SHUFFLE: u64 = 1;
-pub const RNG_DROP: u64 = 2;
-pub const RNG_AUGMENT: u64 = 3;
-pub const RNG_VIEW: u64 = 4;
-
-/// The inputs of one step: whatever the model reads (pixels, frozen features, cached
-/// mask-generator inputs) and the labels [B] (u32).
-pub struct Batch {
-    pub images: Option<Tensor>,
-    pub features: Option<Tensor>,
-    pub mask_input: Option<Tensor>,
-    pub labels: Tensor,
-}
-
 /// Where batches come from: the full recipe decodes, augments and encodes images; fast
 /// mode reads cached features.
 pub trait BatchSource {
@@ -79,30 +53,6 @@ pub trait BatchSource {
     fn len(&self) -> usize;
     /// The augmented training batch of these samples in `epoch`.
     fn train_batch(&self, indices: &[usize], epoch: usize) -> Result<Batch>;
-}
-
-/// Clean (not augmented) batches of a held-out set, for evaluation.
-pub trait EvalSource {
-    fn len(&self) -> usize;
-    fn eval_batch(&self, indices: &[usize]) -> Result<Batch>;
-    fn labels(&self) -> Vec<usize>;
-}
-
-/// A model the loop can train.
-pub trait Trainable {
-    fn train_losses(&self, batch: &Batch, drop: &Tensor) -> Result<CafeLosses>;
-    fn logits(&self, batch: &Batch) -> Result<Tensor>;
-    fn trainable_vars(&self) -> Vec<NamedVar>;
-    /// Kept but not trained (BatchNorm running statistics).
-    fn buffers(&self) -> Vec<NamedVar>;
-    /// Width of the frozen feature (the drop vector's length).
-    fn feature_dim(&self) -> usize;
-    fn classes(&self) -> usize;
-    fn drop_per_group(&self) -> usize;
-    /// The model as plain layers when its step can run by hand ([`FusedStep`]).
-    fn fused(&self) -> Option<FusedModel> {
-        None
-    }
 }
 
 /// One line of the epoch log.
@@ -133,6 +83,18 @@ pub enum Outcome {
     },
 }
 
+/// Which model bundle the loop asks its caller to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// After an epoch that improved the held-out accuracy.
+    Best,
+    /// After the last epoch.
+    Final,
+}
+
+/// Called with the model's tensors (trained and kept) when a bundle is due.
+pub type SaveModel<'a> = dyn FnMut(&HashMap<String, Tensor>, Snapshot) -> Result<()> + 'a;
+
 /// Where training stands: saved in every checkpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct Progress {
@@ -158,13 +120,10 @@ struct EpochSums {
 }
 
 const CHECKPOINT: &str = "last.safetensors";
-
-/// Called after each epoch with the model's tensors (trained and kept), so the caller
-/// can write the bundle: `best` is true when the epoch improved the held-out accuracy.
-pub type SaveModel<'a> = dyn FnMut(&HashMap<String, Tensor>, &str) -> Result<()> + 'a;
+const LOG: &str = "log.jsonl";
 
 pub struct TrainContext<'a> {
-    pub run: &'a RunDir,
+    pub run: &'a RunFolder,
     pub recipe: &'a Recipe,
     pub stop: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
@@ -176,8 +135,8 @@ pub struct TrainContext<'a> {
 
 /// Trains `model` on `source` for the recipe's epochs, resuming from the run folder's
 /// checkpoint when there is one. After every epoch: the epoch log line, the checkpoint,
-/// and `save_model(tensors, "best")` when the held-out accuracy improved; at the end
-/// `save_model(tensors, "final")`.
+/// and the [`Snapshot::Best`] bundle when the held-out accuracy improved; at the end the
+/// [`Snapshot::Final`] one.
 pub fn train(
     ctx: &TrainContext,
     model: &dyn Trainable,
@@ -185,126 +144,163 @@ pub fn train(
     held_out: Option<&dyn EvalSource>,
     save_model: &mut SaveModel,
 ) -> Result<Outcome> {
-    let recipe = ctx.recipe;
     if source.len() == 0 {
         return Err(Error::config("the training split has no images"));
     }
     let mut adam = Adam::new(
         model.trainable_vars(),
         AdamConfig {
-            lr: recipe.lr,
-            weight_decay: recipe.weight_decay,
+            lr: ctx.recipe.lr,
+            weight_decay: ctx.recipe.weight_decay,
             ..AdamConfig::default()
         },
     )?;
-    let schedule = ExponentialLr {
-        gamma: recipe.gamma,
+    let progress = resume(ctx.run, model, &mut adam)?;
+    let epochs = Epochs {
+        ctx,
+        source,
+        held_out,
+        drop: DropShape::of(model),
     };
-    let mut progress = resume(ctx.run, model, &mut adam)?;
-    // Fast mode on the CPU steps by hand; the model's variables are brought up to date
-    // before anything reads them.
-    let mut fused = match (ctx.device.is_cpu(), model.fused()) {
-        (true, Some(parts)) => Some(FusedStep::check_out(parts, &adam)?),
-        _ => None,
-    };
-    ctx.run.truncate_jsonl("log.jsonl", progress.epoch)?;
-    let mut log: Vec<EpochLog> = Vec::new();
-    let steps_per_epoch = source.len().div_ceil(recipe.batch_size);
-    let mut steps_taken = 0;
+    // From here on the model is read only through the step, which keeps it in sync.
+    let mut step = step::for_model(model, adam, ctx.device)?;
+    epochs.run(step.as_mut(), progress, save_model)
+}
 
-    while progress.epoch < recipe.epochs {
-        let epoch = progress.epoch;
-        let mut order: Vec<usize> = (0..source.len()).collect();
+/// The shape of the channel-drop vector: the model's feature width, classes and channels
+/// dropped per class group.
+struct DropShape {
+    dim: usize,
+    classes: usize,
+    per_group: usize,
+}
+
+impl DropShape {
+    fn of(model: &dyn Trainable) -> Self {
+        DropShape {
+            dim: model.feature_dim(),
+            classes: model.classes(),
+            per_group: model.drop_per_group(),
+        }
+    }
+}
+
+/// What the epochs of one call to [`train`] share.
+struct Epochs<'a> {
+    ctx: &'a TrainContext<'a>,
+    source: &'a dyn BatchSource,
+    held_out: Option<&'a dyn EvalSource>,
+    drop: DropShape,
+}
+
+impl Epochs<'_> {
+    /// The epochs left to train, then the final bundle.
+    fn run(
+        &self,
+        step: &mut dyn Step,
+        mut progress: Progress,
+        save_model: &mut SaveModel,
+    ) -> Result<Outcome> {
+        self.ctx.run.truncate_jsonl(LOG, progress.epoch)?;
+        let mut log = Vec::new();
+        let mut steps_taken = 0;
+        while progress.epoch < self.ctx.recipe.epochs {
+            if !self.train_epoch(step, &mut progress, &mut steps_taken)? {
+                save_checkpoint(self.ctx.run, step.synced()?, &progress)?;
+                return Ok(Outcome::Interrupted {
+                    epoch: progress.epoch,
+                    step: progress.step,
+                });
+            }
+            log.push(self.end_epoch(step, &mut progress, save_model)?);
+        }
+        save_model(&model_tensors(step.synced()?.model)?, Snapshot::Final)?;
+        Ok(Outcome::Finished { log })
+    }
+
+    /// The steps of the current epoch from `progress.step` on; false when the user (or
+    /// `max_steps`) stopped it before its end.
+    fn train_epoch(
+        &self,
+        step: &mut dyn Step,
+        progress: &mut Progress,
+        steps_taken: &mut usize,
+    ) -> Result<bool> {
+        let (ctx, recipe, epoch) = (self.ctx, self.ctx.recipe, progress.epoch);
+        let samples = self.source.len();
+        let mut order: Vec<usize> = (0..samples).collect();
         order.shuffle(&mut rng_for(recipe.seed, RNG_SHUFFLE, epoch as u64, 0));
-        ctx.progress.set_length(source.len() as u64);
+        ctx.progress.set_length(samples as u64);
         ctx.progress
-            .set_position((progress.step * recipe.batch_size).min(source.len()) as u64);
+            .set_position((progress.step * recipe.batch_size).min(samples) as u64);
         ctx.progress
             .set_message(format!("epoch {}/{}", epoch + 1, recipe.epochs));
-        for (step, indices) in order
+        let steps_per_epoch = samples.div_ceil(recipe.batch_size);
+        for (index, indices) in order
             .chunks(recipe.batch_size)
             .enumerate()
             .skip(progress.step)
         {
-            if ctx.stop.load(Ordering::SeqCst) || ctx.max_steps.is_some_and(|m| steps_taken >= m) {
-                if let Some(fused) = &fused {
-                    fused.write_back(&mut adam)?;
-                }
-                save_checkpoint(ctx.run, model, &adam, &progress)?;
-                return Ok(Outcome::Interrupted {
-                    epoch,
-                    step: progress.step,
-                });
+            if ctx.stop.load(Ordering::SeqCst) || ctx.max_steps.is_some_and(|m| *steps_taken >= m) {
+                return Ok(false);
             }
             let started = Instant::now();
-            let batch = source.train_batch(indices, epoch)?;
-            let global_step = (epoch * steps_per_epoch + step) as u64;
+            let batch = self.source.train_batch(indices, epoch)?;
+            let global_step = (epoch * steps_per_epoch + index) as u64;
             let drop = drop_vector(
-                model.feature_dim(),
-                model.classes(),
-                model.drop_per_group(),
+                self.drop.dim,
+                self.drop.classes,
+                self.drop.per_group,
                 &mut rng_for(recipe.seed, RNG_DROP, global_step, 0),
             )?;
-            let outcome = match &mut fused {
-                Some(fused) => fused.step(&batch, &drop, adam.config())?,
-                None => {
-                    let losses = model.train_losses(&batch, &Tensor::new(drop, ctx.device)?)?;
-                    crate::train::backward_and_update(losses, &batch.labels, &mut adam)?
-                }
-            };
-
-            let n = indices.len() as f64;
-            let loss = outcome.loss as f64;
-            if !loss.is_finite() {
-                return Err(Error::config(format!(
-                    "the loss became {loss} at epoch {} step {step}; lower --lr or check the data",
-                    epoch + 1
-                )));
+            let outcome = step.step(&batch, &drop)?;
+            if !outcome.loss.is_finite() {
+                return Err(Error::Diverged {
+                    loss: outcome.loss,
+                    epoch: epoch + 1,
+                    step: index,
+                });
             }
-            let sums = &mut progress.partial;
-            sums.loss += loss * n;
-            sums.loss_cls += outcome.loss_cls as f64 * n;
-            sums.loss_sep += outcome.loss_sep as f64 * n;
-            sums.loss_div += outcome.loss_div as f64 * n;
-            sums.correct += outcome.correct as u64;
-            sums.seen += indices.len() as u64;
-            sums.seconds += started.elapsed().as_secs_f64();
-            progress.step = step + 1;
-            steps_taken += 1;
+            progress
+                .partial
+                .add(&outcome, indices.len(), started.elapsed().as_secs_f64());
+            progress.step = index + 1;
+            *steps_taken += 1;
             ctx.progress.inc(indices.len() as u64);
             ctx.progress.set_message(format!(
                 "epoch {}/{} loss {:.4}",
                 epoch + 1,
                 recipe.epochs,
-                sums.loss / sums.seen as f64
+                progress.partial.loss / progress.partial.seen as f64
             ));
         }
+        Ok(true)
+    }
 
-        if let Some(fused) = &fused {
-            fused.write_back(&mut adam)?;
-        }
+    /// After an epoch's last step: held-out accuracy, the log line, the learning rate's
+    /// decay, the best bundle when it improved, and the checkpoint.
+    fn end_epoch(
+        &self,
+        step: &mut dyn Step,
+        progress: &mut Progress,
+        save_model: &mut SaveModel,
+    ) -> Result<EpochLog> {
+        let recipe = self.ctx.recipe;
         let sums = std::mem::take(&mut progress.partial);
-        let eval_accuracy = match held_out {
+        let synced = step.synced()?;
+        let eval_accuracy = match self.held_out {
             Some(held_out) => {
-                let names = (0..model.classes()).map(|c| c.to_string()).collect();
-                Some(evaluate(model, held_out, recipe.batch_size.max(64), names)?.accuracy)
+                let names = (0..synced.model.classes()).map(|c| c.to_string()).collect();
+                let batch_size = recipe.batch_size.max(64);
+                Some(evaluate(synced.model, held_out, batch_size, names)?.accuracy)
             }
             None => None,
         };
-        let seen = sums.seen.max(1) as f64;
-        let entry = EpochLog {
-            epoch: epoch + 1,
-            loss: sums.loss / seen,
-            loss_cls: sums.loss_cls / seen,
-            loss_sep: sums.loss_sep / seen,
-            loss_div: sums.loss_div / seen,
-            train_accuracy: sums.correct as f64 / seen,
-            eval_accuracy,
-            lr: adam.lr(),
-            seconds: sums.seconds,
-            images_per_second: sums.seen as f64 / sums.seconds.max(1e-9),
-        };
-        schedule.step(&mut adam);
+        let entry = sums.log_line(progress.epoch + 1, eval_accuracy, synced.adam.lr());
+        ExponentialLr {
+            gamma: recipe.gamma,
+        }
+        .step(synced.adam);
         progress.epoch += 1;
         progress.step = 0;
         let improved = match (eval_accuracy, progress.best_accuracy) {
@@ -314,89 +310,90 @@ pub fn train(
         };
         if improved {
             progress.best_accuracy = eval_accuracy;
-            save_model(&model_tensors(model)?, "best")?;
+            save_model(&model_tensors(synced.model)?, Snapshot::Best)?;
         }
-        ctx.run.append_jsonl("log.jsonl", &entry)?;
-        save_checkpoint(ctx.run, model, &adam, &progress)?;
+        self.ctx.run.append_jsonl(LOG, &entry)?;
+        save_checkpoint(self.ctx.run, synced, progress)?;
+        entry.report(recipe.epochs);
+        Ok(entry)
+    }
+}
+
+impl EpochSums {
+    fn add(&mut self, outcome: &StepOutcome, images: usize, seconds: f64) {
+        let n = images as f64;
+        self.loss += outcome.loss as f64 * n;
+        self.loss_cls += outcome.loss_cls as f64 * n;
+        self.loss_sep += outcome.loss_sep as f64 * n;
+        self.loss_div += outcome.loss_div as f64 * n;
+        self.correct += outcome.correct as u64;
+        self.seen += images as u64;
+        self.seconds += seconds;
+    }
+
+    fn log_line(&self, epoch: usize, eval_accuracy: Option<f64>, lr: f64) -> EpochLog {
+        let seen = self.seen.max(1) as f64;
+        EpochLog {
+            epoch,
+            loss: self.loss / seen,
+            loss_cls: self.loss_cls / seen,
+            loss_sep: self.loss_sep / seen,
+            loss_div: self.loss_div / seen,
+            train_accuracy: self.correct as f64 / seen,
+            eval_accuracy,
+            lr,
+            seconds: self.seconds,
+            images_per_second: self.seen as f64 / self.seconds.max(1e-9),
+        }
+    }
+}
+
+impl EpochLog {
+    fn report(&self, epochs: usize) {
         tracing::info!(
             "epoch {}/{}: loss {:.4} (cls {:.4} sep {:.4} div {:.4}), train acc {:.2}%{}, {:.1} img/s",
-            entry.epoch,
-            recipe.epochs,
-            entry.loss,
-            entry.loss_cls,
-            entry.loss_sep,
-            entry.loss_div,
-            100.0 * entry.train_accuracy,
-            eval_accuracy
+            self.epoch,
+            epochs,
+            self.loss,
+            self.loss_cls,
+            self.loss_sep,
+            self.loss_div,
+            100.0 * self.train_accuracy,
+            self.eval_accuracy
                 .map(|a| format!(", held-out acc {:.2}%", 100.0 * a))
                 .unwrap_or_default(),
-            entry.images_per_second
+            self.images_per_second
         );
-        log.push(entry);
     }
-    save_model(&model_tensors(model)?, "final")?;
-    Ok(Outcome::Finished { log })
 }
 
-/// Accuracy and the rest on a held-out set (the model in evaluation mode).
-pub fn evaluate(
-    model: &dyn Trainable,
-    source: &dyn EvalSource,
-    batch_size: usize,
-    class_names: Vec<String>,
-) -> Result<Metrics> {
-    let labels = source.labels();
-    let mut confusion = Confusion::new(class_names);
-    let indices: Vec<usize> = (0..source.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = source.eval_batch(chunk)?;
-        let predicted = model.logits(&batch)?.argmax(1)?.to_vec1::<u32>()?;
-        for (&i, &p) in chunk.iter().zip(&predicted) {
-            confusion.add(labels[i], p as usize);
-        }
-    }
-    Ok(confusion.metrics())
-}
-
-/// Every tensor of the model by name: the trained ones and the kept ones.
-pub fn model_tensors(model: &dyn Trainable) -> Result<HashMap<String, Tensor>> {
-    Ok(model
-        .trainable_vars()
-        .into_iter()
-        .chain(model.buffers())
-        .map(|(name, var)| (name, var.as_detached_tensor()))
-        .collect())
-}
-
-fn save_checkpoint(
-    run: &RunDir,
-    model: &dyn Trainable,
-    adam: &Adam,
-    progress: &Progress,
-) -> Result<()> {
-    let mut tensors: HashMap<String, Tensor> = model_tensors(model)?
+/// The checkpoint: the model's tensors under `model.`, the optimiser's state under
+/// `adam.`, and the progress in the metadata.
+fn save_checkpoint(run: &RunFolder, synced: Synced, progress: &Progress) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = model_tensors(synced.model)?
         .into_iter()
         .map(|(name, t)| (format!("model.{name}"), t))
         .collect();
-    let (adam_tensors, adam_meta) = adam.state()?;
+    let adam = synced.adam.state()?;
     tensors.extend(
-        adam_tensors
+        adam.tensors
             .into_iter()
             .map(|(name, t)| (format!("adam.{name}"), t)),
     );
-    let mut metadata: BTreeMap<String, String> = adam_meta
+    let mut metadata: BTreeMap<String, String> = adam
+        .metadata
         .into_iter()
         .map(|(k, v)| (format!("adam.{k}"), v))
         .collect();
     metadata.insert(
         "progress".to_string(),
-        serde_json::to_string(progress).map_err(|e| Error::config(e.to_string()))?,
+        serde_json::to_string(progress).map_err(|e| Error::internal(e.to_string()))?,
     );
     tensorfile::save(&run.checkpoint(CHECKPOINT), &tensors, &metadata)
 }
 
 /// Restores model, optimiser and progress from the run's checkpoint, if it has one.
-fn resume(run: &RunDir, model: &dyn Trainable, adam: &mut Adam) -> Result<Progress> {
+fn resume(run: &RunFolder, model: &dyn Trainable, adam: &mut Adam) -> Result<Progress> {
     let path = run.checkpoint(CHECKPOINT);
     if !path.exists() {
         return Ok(Progress::default());
@@ -433,7 +430,7 @@ fn resume(run: &RunDir, model: &dyn Trainable, adam: &mut Adam) -> Result<Progre
         .iter()
         .filter_map(|(k, t)| k.strip_prefix("adam.").map(|k| (k.to_string(), t.clone())))
         .collect();
-    let adam_meta: HashMap<String, String> = metadata
+    let adam_meta: BTreeMap<String, String> = metadata
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("adam.").map(|k| (k.to_string(), v.clone())))
         .collect();

@@ -5,12 +5,13 @@
 //! is saved to and restored from a safetensors file, so that training resumes exactly.
 
 use crate::error::{Error, Result};
+use crate::formats::tensorfile::{self, TensorFile};
 use crate::model::NamedVar;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Adam's hyper-parameters; the defaults are the authors' recipe.
@@ -151,15 +152,15 @@ impl Adam {
 
     /// The optimiser state as tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`, `step.NAME` as a
     /// one-element i64) and metadata (the hyper-parameters, with the current `lr`).
-    pub fn state(&self) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
-        let mut tensors = Vec::with_capacity(3 * self.params.len());
+    pub fn state(&self) -> Result<TensorFile> {
+        let mut tensors = HashMap::with_capacity(3 * self.params.len());
         for p in &self.params {
-            tensors.push((format!("exp_avg.{}", p.name), p.exp_avg.clone()));
-            tensors.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone()));
+            tensors.insert(format!("exp_avg.{}", p.name), p.exp_avg.clone());
+            tensors.insert(format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone());
             let step = Tensor::new(&[p.step as i64], &Device::Cpu)?;
-            tensors.push((format!("step.{}", p.name), step));
+            tensors.insert(format!("step.{}", p.name), step);
         }
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             ("optimizer".to_string(), "adam".to_string()),
             ("lr".to_string(), self.cfg.lr.to_string()),
             ("beta1".to_string(), self.cfg.beta1.to_string()),
@@ -170,7 +171,7 @@ impl Adam {
                 self.cfg.weight_decay.to_string(),
             ),
         ]);
-        Ok((tensors, metadata))
+        Ok(TensorFile { tensors, metadata })
     }
 
     /// Restores a state written by [`Adam::state`] for the same parameters; `source`
@@ -178,7 +179,7 @@ impl Adam {
     pub fn load_state(
         &mut self,
         tensors: &HashMap<String, Tensor>,
-        metadata: &HashMap<String, String>,
+        metadata: &BTreeMap<String, String>,
         source: &str,
     ) -> Result<()> {
         let number = |key: &str| -> Result<f64> {
@@ -248,13 +249,13 @@ impl Adam {
 
     /// Writes the state to a safetensors file (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let (tensors, metadata) = self.state()?;
-        crate::model::save_safetensors(path, &tensors, metadata)
+        let state = self.state()?;
+        tensorfile::save(path, &state.tensors, &state.metadata)
     }
 
     /// Reads a state written by [`Adam::save`].
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let (tensors, metadata) = crate::model::load_safetensors(path, &Device::Cpu)?;
+        let TensorFile { tensors, metadata } = tensorfile::load(path, &Device::Cpu)?;
         self.load_state(&tensors, &metadata, &path.display().to_string())
     }
 }

@@ -3,10 +3,13 @@
 //! the authors' code), without gradients.
 
 use crate::backbone::Encoder;
-use crate::data::ImageSource;
+use crate::data::{ImageSource, Sample};
 use crate::error::Result;
+use crate::eval::EvalSource;
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
-use crate::train::fit::{rng_for, Batch, BatchSource, EvalSource, RNG_AUGMENT};
+use crate::model::Batch;
+use crate::train::fit::BatchSource;
+use crate::train::rng::{rng_for, RNG_AUGMENT};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -18,6 +21,14 @@ pub struct LabelledImages {
 }
 
 impl LabelledImages {
+    pub fn new(samples: &[&Sample], limits: DecodeLimits) -> Self {
+        LabelledImages {
+            sources: samples.iter().map(|s| s.source.clone()).collect(),
+            labels: samples.iter().map(|s| s.label.index() as u32).collect(),
+            limits,
+        }
+    }
+
     fn decode(&self, indices: &[usize]) -> Result<Vec<RgbImage>> {
         indices
             .par_iter()
@@ -25,10 +36,32 @@ impl LabelledImages {
             .collect()
     }
 
+    /// The preprocessed (not augmented) pixels `[n,3,S,S]` of these images.
+    pub fn clean_pixels(
+        &self,
+        indices: &[usize],
+        preprocess: &Preprocess,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let decoded = self.decode(indices)?;
+        let pixels: Vec<Vec<f32>> = decoded
+            .par_iter()
+            .map(|image| preprocess.apply(image))
+            .collect();
+        pixel_tensor(pixels, preprocess, device)
+    }
+
     fn labels_of(&self, indices: &[usize], device: &Device) -> Result<Tensor> {
         let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i]).collect();
         Ok(Tensor::new(labels, device)?)
     }
+}
+
+fn pixel_tensor(pixels: Vec<Vec<f32>>, preprocess: &Preprocess, device: &Device) -> Result<Tensor> {
+    let size = preprocess.size as usize;
+    let n = pixels.len();
+    let flat: Vec<f32> = pixels.into_iter().flatten().collect();
+    Ok(Tensor::from_vec(flat, (n, 3, size, size), device)?)
 }
 
 pub struct PixelSource<'a> {
@@ -42,11 +75,7 @@ pub struct PixelSource<'a> {
 }
 
 impl PixelSource<'_> {
-    fn batch_of(&self, pixels: Vec<Vec<f32>>, indices: &[usize]) -> Result<Batch> {
-        let size = self.preprocess.size as usize;
-        let n = pixels.len();
-        let flat: Vec<f32> = pixels.into_iter().flatten().collect();
-        let images = Tensor::from_vec(flat, (n, 3, size, size), &self.device)?;
+    fn batch_of(&self, images: Tensor, indices: &[usize]) -> Result<Batch> {
         let features = match self.encoder {
             Some(encoder) => Some(encoder.encode(&images)?.detach()),
             None => None,
@@ -75,7 +104,8 @@ impl BatchSource for PixelSource<'_> {
                 self.augment.apply(image, &self.preprocess, &mut rng)
             })
             .collect();
-        self.batch_of(pixels, indices)
+        let images = pixel_tensor(pixels, &self.preprocess, &self.device)?;
+        self.batch_of(images, indices)
     }
 }
 
@@ -85,12 +115,10 @@ impl EvalSource for PixelSource<'_> {
     }
 
     fn eval_batch(&self, indices: &[usize]) -> Result<Batch> {
-        let decoded = self.images.decode(indices)?;
-        let pixels: Vec<Vec<f32>> = decoded
-            .par_iter()
-            .map(|image| self.preprocess.apply(image))
-            .collect();
-        self.batch_of(pixels, indices)
+        let images = self
+            .images
+            .clean_pixels(indices, &self.preprocess, &self.device)?;
+        self.batch_of(images, indices)
     }
 
     fn labels(&self) -> Vec<usize> {

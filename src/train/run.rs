@@ -1,24 +1,24 @@
-//! One training run from a configuration: open the data set, check it, load the frozen
-//! encoder, build the model, train, and write the run folder with its model bundles.
-//! `gfer train` and `gfer protocol` both call [`run`].
+//! One training run from a configuration, in the steps of [`train`]: check the options,
+//! open the data set and set its unusable images aside, load the frozen encoder, build the
+//! model, write the run folder's metadata, train (on pixels, or in fast mode on the
+//! feature cache), and write the report. `gfer train` and `gfer protocol` both call it.
 
-use crate::backbone::{load_encoder, Backbone, Encoder};
-use crate::data::{self, Dataset, Sample, Split};
+use crate::backbone::{check_layer, load_encoder, Backbone, Encoder};
+use crate::data::{self, samples_fingerprint, usable_samples, Dataset, Sample, Split, Usable};
 use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
-use crate::image::content_hash;
+use crate::eval::{evaluate, EvalSource};
 use crate::image::{Augment, DecodeLimits, Preprocess, Preset};
 use crate::model::bundle::{Bundle, BundleMeta, FORMAT_VERSION};
-use crate::model::classifier::{Classifier, GeneratorSpec, MaskInput, Method, ModelSpec};
-use crate::model::{init_var_builder, resnet, CafeConfig, FrozenResnet};
-use crate::train::cache::{self, CacheKey, MaskSource};
-use crate::train::cached_source::FastSource;
-use crate::train::fit::{self, EvalSource, Outcome, Recipe, TrainContext};
+use crate::model::classifier::{GeneratorSpec, MaskInput, Method};
+use crate::model::{init_var_builder, resnet, CafeConfig, Classifier, FrozenResnet, ModelSpec};
+use crate::train::cache::{self, CacheImages, CacheKey, MaskSource};
+use crate::train::cached_source::CachedSource;
+use crate::train::fit::{self, BatchSource, Outcome, Recipe, Snapshot, TrainContext};
 use crate::train::pixels::{LabelledImages, PixelSource};
-use crate::train::run_folder::{code_revision, RunDir};
+use crate::train::run_folder::{code_revision, RunFolder};
 use crate::Expression;
-use candle_core::Device;
-use rayon::prelude::*;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,331 +117,59 @@ pub fn load_config(run: &Path) -> Result<TrainConfig> {
     })
 }
 
-/// Decodes every image once, in parallel, and keeps those that decode, with their content
-/// hashes; the others are returned with the reason, to be reported (a bad image never
-/// stops a run).
-pub fn usable_samples<'a>(
-    samples: &[&'a Sample],
-    limits: &DecodeLimits,
-    progress: &indicatif::ProgressBar,
-) -> (Vec<&'a Sample>, Vec<String>, Vec<(String, String)>) {
-    progress.set_length(samples.len() as u64);
-    progress.set_position(0);
-    progress.set_message("checking images");
-    let results: Vec<std::result::Result<(&Sample, String), (String, String)>> = samples
-        .par_iter()
-        .map(|s| {
-            let r = s
-                .source
-                .load(limits)
-                .map(|image| (*s, content_hash(&image)))
-                .map_err(|e| (s.source.describe(), e.to_string()));
-            progress.inc(1);
-            r
-        })
-        .collect();
-    let mut ok = Vec::new();
-    let mut hashes = Vec::new();
-    let mut bad = Vec::new();
-    for r in results {
-        match r {
-            Ok((s, h)) => {
-                ok.push(s);
-                hashes.push(h);
-            }
-            Err(e) => bad.push(e),
-        }
-    }
-    (ok, hashes, bad)
-}
-
-/// The held-out split of a source: test when it has one, else val.
-pub fn held_out_split(dataset: &Dataset) -> Option<Split> {
-    [Split::Test, Split::Val]
-        .into_iter()
-        .find(|&s| !dataset.split(s).is_empty())
-}
-
-fn labelled(samples: &[&Sample], limits: DecodeLimits) -> LabelledImages {
-    LabelledImages {
-        sources: samples.iter().map(|s| s.source.clone()).collect(),
-        labels: samples.iter().map(|s| s.label.index() as u32).collect(),
-        limits,
-    }
-}
-
-/// A fingerprint of a list of samples (what, which label, which split), so a run records
-/// exactly which data it saw.
-pub fn samples_fingerprint(samples: &[&Sample]) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for s in samples {
-        hasher.update(s.source.describe().as_bytes());
-        hasher.update(&[s.label.index() as u8, s.split as u8, b'\n']);
-    }
-    hasher.finalize().to_hex()[..16].to_string()
+/// What a run watches and reports to.
+pub struct Watch<'a> {
+    /// Set by Ctrl-C: the run saves and stops after the current step.
+    pub stop: &'a AtomicBool,
+    pub progress: &'a indicatif::ProgressBar,
+    /// Stop (save, as on Ctrl-C) after this many steps: for jobs with a time limit, and
+    /// for testing resume.
+    pub max_steps: Option<usize>,
 }
 
 /// Trains as configured into the run folder `out` (resuming when it holds a checkpoint).
-pub fn run(
-    cfg: &TrainConfig,
-    out: &Path,
-    stop: &AtomicBool,
-    max_steps: Option<usize>,
-    progress: &indicatif::ProgressBar,
-    device: &Device,
-) -> Result<RunOutcome> {
-    if let Some(fast) = &cfg.fast {
-        if fast.generator == MaskInput::Resnet18
-            && cfg.method.uses_generator()
-            && cfg.mask_init.is_none()
-        {
-            return Err(Error::config(
-                "--generator resnet18 reads a frozen, pretrained ResNet-18: pass its weights \
-                 with --mask-init (resnet18_msceleb.pth or a torchvision state dict)",
-            ));
-        }
-    }
-    let run_dir = RunDir::create(out)?;
+pub fn train(cfg: &TrainConfig, out: &Path, watch: &Watch, device: &Device) -> Result<RunOutcome> {
+    check_options(cfg)?;
+    let folder = RunFolder::create(out)?;
     let dataset = data::open(&cfg.data, &Default::default())?;
     dataset.check_trainable(Split::Train)?;
-    let limits = DecodeLimits {
-        max_pixels: cfg.max_pixels,
-    };
-    let (train, train_hashes, mut skipped) =
-        usable_samples(&dataset.split(Split::Train), &limits, progress);
-    let held_split = held_out_split(&dataset);
-    let (held, held_hashes, held_skipped) = match held_split {
-        Some(split) => usable_samples(&dataset.split(split), &limits, progress),
-        None => (Vec::new(), Vec::new(), Vec::new()),
-    };
-    skipped.extend(held_skipped);
-    for (what, why) in &skipped {
-        tracing::warn!("skipping an image: {why} ({what})");
+    let data = RunData::sort(&dataset, cfg, watch.progress);
+    let encoder = frozen_encoder(cfg, device)?;
+    let model = build_model(cfg, encoder.as_deref(), device)?;
+    if !folder.path(CONFIG).exists() {
+        write_metadata(&folder, cfg, &dataset, &data)?;
     }
-
-    let encoder: Option<Box<dyn Encoder>> = if cfg.method.uses_frozen_features() {
-        let weights = cfg.weights.as_deref().ok_or_else(|| {
-            Error::config(format!(
-                "method {} needs --weights for the frozen encoder",
-                cfg.method.name()
-            ))
-        })?;
-        Some(load_encoder(cfg.backbone, weights, device)?)
-    } else {
-        None
-    };
-    let input_size = encoder.as_ref().map(|e| e.input_size()).unwrap_or(224) as u32;
-    let preprocess = Preprocess::new(cfg.preprocess, input_size);
-    let cafe = match &encoder {
-        Some(encoder) => cfg.cafe.with_feature_dim(encoder.dim()),
-        None => cfg.cafe.clone(),
-    };
-    let generator = match &cfg.fast {
-        None => GeneratorSpec::Resnet {
-            widths: cfg.cafe.trunk_widths,
-        },
-        Some(fast) => {
-            if cfg.method == Method::Resnet {
-                return Err(Error::config(
-                    "fast mode trains on cached frozen features; the plain ResNet method has none",
-                ));
-            }
-            // Methods without a mask generator read F alone: nothing else to cache.
-            let input = if cfg.method.uses_generator() {
-                fast.generator
-            } else {
-                MaskInput::Feature
-            };
-            let input_dim = match (input, &encoder) {
-                (MaskInput::Feature, _) => cafe.feature_dim,
-                (MaskInput::Resnet18, _) => cfg.cafe.trunk_widths[3],
-                (MaskInput::Tokens(layer), Some(encoder)) => {
-                    crate::backbone::check_layer(encoder.as_ref(), layer)
-                        .map_err(|e| Error::config(format!("--generator tokens:{layer}: {e}")))?;
-                    encoder.token_dim()
-                }
-                (MaskInput::Tokens(_), None) => 0,
-            };
-            GeneratorSpec::Mlp {
-                input: input.spec_name(),
-                input_dim,
-                hidden: fast.hidden_widths(),
-            }
-        }
-    };
-    let spec = ModelSpec::new(cfg.method, cafe, generator);
-    let given = match &spec.generator {
-        Some(GeneratorSpec::Resnet { .. }) => match &cfg.mask_init {
-            Some(path) => {
-                resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?
-            }
-            None => HashMap::new(),
-        },
-        Some(GeneratorSpec::Mlp { input, .. })
-            if MaskInput::from_spec_name(input)? == MaskInput::Resnet18 =>
-        {
-            let path = cfg
-                .mask_init
-                .as_deref()
-                .ok_or_else(|| Error::config("--generator resnet18 needs --mask-init"))?;
-            resnet::load_checkpoint(path, cfg.cafe.trunk_widths, cfg.allow_partial, device)?
-                .into_iter()
-                .map(|(name, t)| (format!("{}.{name}", FrozenResnet::PREFIX), t))
-                .collect()
-        }
-        _ => HashMap::new(),
-    };
-    let model = Classifier::new(init_var_builder(given, cfg.recipe.seed, device), &spec)?;
-
-    if !run_dir.path(CONFIG).exists() {
-        run_dir.write_json(CONFIG, cfg)?;
-        run_dir.write_text("revision.txt", &(code_revision() + "\n"))?;
-        run_dir.write_json(
-            "data.json",
-            &serde_json::json!({
-                "spec": cfg.data,
-                "train": { "images": train.len(), "fingerprint": samples_fingerprint(&train),
-                           "counts": class_counts(&train) },
-                "held_out": held_split.map(|s| serde_json::json!({
-                    "split": s, "images": held.len(), "fingerprint": samples_fingerprint(&held),
-                    "counts": class_counts(&held) })),
-                "skipped": skipped.iter().map(|(w, r)| serde_json::json!({"image": w, "reason": r})).collect::<Vec<_>>(),
-                "dropped_by_loader": dataset.dropped.len(),
-            }),
-        )?;
-    }
-
-    let (backbone, fingerprint) = match &encoder {
-        Some(e) => (e.id().to_string(), e.fingerprint().to_string()),
-        None => ("none".to_string(), String::new()),
-    };
-    let meta = BundleMeta {
-        format_version: FORMAT_VERSION,
-        gfer_version: env!("CARGO_PKG_VERSION").to_string(),
-        backbone,
-        backbone_fingerprint: fingerprint,
-        feature_dim: spec.cafe.feature_dim,
-        preprocess,
-        classes: Expression::names(),
-        model: serde_json::to_value(&spec).map_err(|e| Error::config(e.to_string()))?,
-        training: serde_json::to_value(cfg).map_err(|e| Error::config(e.to_string()))?,
-    };
-    let mut save_model = |tensors: &HashMap<String, candle_core::Tensor>, which: &str| {
-        let name = if which == "best" {
-            BEST_BUNDLE
-        } else {
-            FINAL_BUNDLE
-        };
-        Bundle {
-            origin: String::new(),
-            meta: meta.clone(),
-            tensors: tensors.clone(),
-        }
-        .save(&run_dir.path(name))
-    };
-
+    let bundles = BundleWriter::new(&folder, cfg, &model.spec, encoder.as_deref())?;
     let ctx = TrainContext {
-        run: &run_dir,
+        run: &folder,
         recipe: &cfg.recipe,
-        stop,
-        progress,
+        stop: watch.stop,
+        progress: watch.progress,
         device,
-        max_steps,
+        max_steps: watch.max_steps,
     };
-    let labels_of = |samples: &[&Sample]| {
-        samples
-            .iter()
-            .map(|s| s.label.index() as u32)
-            .collect::<Vec<_>>()
-    };
-    let finished = match (&cfg.fast, encoder.as_deref()) {
+    let trained = match (&cfg.fast, encoder.as_deref()) {
         (Some(fast), Some(encoder)) => {
-            let mask = match model.mask_input() {
-                Some(MaskInput::Resnet18) => model.frozen_resnet().map(MaskSource::Resnet),
-                Some(MaskInput::Tokens(layer)) => Some(MaskSource::Tokens(layer)),
-                _ => None,
-            };
-            let key = CacheKey {
-                encoder,
-                preprocess,
-                seed: cfg.recipe.seed,
-                views: fast.views,
-                mask,
-            };
-            let sources =
-                |samples: &[&Sample]| samples.iter().map(|s| s.source.clone()).collect::<Vec<_>>();
-            let cached = cache::build(
-                &fast.cache_dir,
-                &key,
-                (&sources(&train), &train_hashes),
-                (&sources(&held), &held_hashes),
-                &limits,
-                stop,
-                progress,
-            )?;
-            tracing::info!("feature cache: {}", cached.counts);
-            let mut source = FastSource::new(
-                &cached.views,
-                &train_hashes,
-                labels_of(&train),
-                cfg.recipe.seed,
-                device,
-            )?;
-            let mut held_source = FastSource::new(
-                &cached.clean,
-                &held_hashes,
-                labels_of(&held),
-                cfg.recipe.seed,
-                device,
-            )?;
-            if let (Some(views), Some(clean)) = (&cached.mask_views, &cached.mask_clean) {
-                source = source.with_mask_input(views, &train_hashes)?;
-                held_source = held_source.with_mask_input(clean, &held_hashes)?;
-            }
-            let held_ref: Option<&dyn EvalSource> = if held.is_empty() {
-                None
-            } else {
-                Some(&held_source)
-            };
-            let outcome = fit::train(&ctx, &model, &source, held_ref, &mut save_model)?;
-            finish(outcome, &model, held_ref)?
+            train_fast(&ctx, cfg, fast, encoder, &model, &data, &bundles)?
         }
         (Some(_), None) => {
             return Err(Error::config(
                 "fast mode needs a frozen encoder (--weights)",
             ))
         }
-        (None, encoder) => {
-            let pixels = |samples: &[&Sample]| PixelSource {
-                images: labelled(samples, limits),
-                encoder,
-                preprocess,
-                augment: Augment::default(),
-                seed: cfg.recipe.seed,
-                device: device.clone(),
-            };
-            let source = pixels(&train);
-            let held_source = pixels(&held);
-            let held_ref: Option<&dyn EvalSource> = if held.is_empty() {
-                None
-            } else {
-                Some(&held_source)
-            };
-            let outcome = fit::train(&ctx, &model, &source, held_ref, &mut save_model)?;
-            finish(outcome, &model, held_ref)?
-        }
+        (None, encoder) => train_on_pixels(&ctx, cfg, encoder, &model, &data, &bundles)?,
     };
-    match finished {
-        Err((epoch, step)) => Ok(RunOutcome::Interrupted {
+    match trained {
+        (Outcome::Interrupted { epoch, step }, _) => Ok(RunOutcome::Interrupted {
             run: out.to_path_buf(),
             epoch,
             step,
         }),
-        Ok((log, held_out)) => {
-            write_report(&run_dir, cfg, &log, held_out.as_ref())?;
+        (Outcome::Finished { log }, held_out) => {
+            write_report(&folder, cfg, &log, held_out.as_ref())?;
             Ok(RunOutcome::Finished(TrainReport {
                 run: out.to_path_buf(),
-                bundle: run_dir.path(FINAL_BUNDLE),
+                bundle: folder.path(FINAL_BUNDLE),
                 log,
                 held_out,
             }))
@@ -449,25 +177,321 @@ pub fn run(
     }
 }
 
-/// The training log and final held-out metrics of a finished run, or the (epoch, step)
-/// where an interrupted run stopped.
-type Finished = std::result::Result<(Vec<fit::EpochLog>, Option<Metrics>), (usize, usize)>;
+/// Combinations refused before anything is read.
+fn check_options(cfg: &TrainConfig) -> Result<()> {
+    let Some(fast) = &cfg.fast else {
+        return Ok(());
+    };
+    if fast.generator == MaskInput::Resnet18
+        && cfg.method.uses_generator()
+        && cfg.mask_init.is_none()
+    {
+        return Err(Error::config(
+            "--generator resnet18 reads a frozen, pretrained ResNet-18: pass its weights \
+             with --mask-init (resnet18_msceleb.pth or a torchvision state dict)",
+        ));
+    }
+    if cfg.method == Method::Resnet {
+        return Err(Error::config(
+            "fast mode trains on cached frozen features; the plain ResNet method has none",
+        ));
+    }
+    Ok(())
+}
 
-fn finish(
-    outcome: Outcome,
-    model: &Classifier,
-    held_out: Option<&dyn EvalSource>,
-) -> Result<Finished> {
-    Ok(match outcome {
-        Outcome::Interrupted { epoch, step } => Err((epoch, step)),
-        Outcome::Finished { log } => {
-            let metrics = match held_out {
-                Some(h) => Some(fit::evaluate(model, h, 64, Expression::names())?),
-                None => None,
-            };
-            Ok((log, metrics))
+/// The training split and the held-out one (test, else val), each with its usable
+/// samples and their content hashes; the images set aside are logged.
+struct RunData<'a> {
+    train: Usable<'a>,
+    held_split: Option<Split>,
+    held: Usable<'a>,
+    limits: DecodeLimits,
+}
+
+impl<'a> RunData<'a> {
+    fn sort(dataset: &'a Dataset, cfg: &TrainConfig, progress: &indicatif::ProgressBar) -> Self {
+        let limits = DecodeLimits {
+            max_pixels: cfg.max_pixels,
+        };
+        let train = usable_samples(&dataset.split(Split::Train), &limits, progress);
+        let held_split = dataset.held_out_split();
+        let held_samples = held_split.map(|s| dataset.split(s)).unwrap_or_default();
+        let held = usable_samples(&held_samples, &limits, progress);
+        for (what, why) in train.skipped.iter().chain(&held.skipped) {
+            tracing::warn!("skipping an image: {why} ({what})");
         }
+        RunData {
+            train,
+            held_split,
+            held,
+            limits,
+        }
+    }
+}
+
+fn frozen_encoder(cfg: &TrainConfig, device: &Device) -> Result<Option<Box<dyn Encoder>>> {
+    if !cfg.method.uses_frozen_features() {
+        return Ok(None);
+    }
+    let weights = cfg.weights.as_deref().ok_or_else(|| {
+        Error::config(format!(
+            "method {} needs --weights for the frozen encoder",
+            cfg.method.name()
+        ))
+    })?;
+    Ok(Some(load_encoder(cfg.backbone, weights, device)?))
+}
+
+/// The model the configuration describes: its ResNet-18 (the mask generator, or the
+/// frozen one a fast-mode generator reads) from `--mask-init` when given, every other
+/// tensor initialised from the seed.
+fn build_model(
+    cfg: &TrainConfig,
+    encoder: Option<&dyn Encoder>,
+    device: &Device,
+) -> Result<Classifier> {
+    let cafe = match encoder {
+        Some(encoder) => cfg.cafe.with_feature_dim(encoder.dim()),
+        None => cfg.cafe.clone(),
+    };
+    let generator = match &cfg.fast {
+        None => GeneratorSpec::Resnet {
+            widths: cfg.cafe.trunk_widths,
+        },
+        Some(fast) => fast_generator(cfg, fast, &cafe, encoder)?,
+    };
+    let spec = ModelSpec::new(cfg.method, cafe, generator);
+    let resnet_under = |prefix: &str| -> Result<HashMap<String, Tensor>> {
+        let Some(path) = &cfg.mask_init else {
+            return Ok(HashMap::new());
+        };
+        let widths = cfg.cafe.trunk_widths;
+        Ok(
+            resnet::load_checkpoint(path, widths, cfg.allow_partial, device)?
+                .into_iter()
+                .map(|(name, t)| (format!("{prefix}{name}"), t))
+                .collect(),
+        )
+    };
+    let given = match &spec.generator {
+        Some(GeneratorSpec::Resnet { .. }) => resnet_under("")?,
+        Some(GeneratorSpec::Mlp { input, .. })
+            if MaskInput::from_spec_name(input)? == MaskInput::Resnet18 =>
+        {
+            resnet_under(&format!("{}.", FrozenResnet::PREFIX))?
+        }
+        _ => HashMap::new(),
+    };
+    Classifier::new(init_var_builder(given, cfg.recipe.seed, device), &spec)
+}
+
+/// Fast mode's MLP mask generator: what it reads and how wide that is.
+fn fast_generator(
+    cfg: &TrainConfig,
+    fast: &FastConfig,
+    cafe: &CafeConfig,
+    encoder: Option<&dyn Encoder>,
+) -> Result<GeneratorSpec> {
+    // Methods without a mask generator read F alone: nothing else to cache.
+    let input = if cfg.method.uses_generator() {
+        fast.generator
+    } else {
+        MaskInput::Feature
+    };
+    let input_dim = match (input, encoder) {
+        (MaskInput::Feature, _) => cafe.feature_dim,
+        (MaskInput::Resnet18, _) => cfg.cafe.trunk_widths[3],
+        (MaskInput::Tokens(layer), Some(encoder)) => {
+            check_layer(encoder, layer)
+                .map_err(|e| Error::config(format!("--generator tokens:{layer}: {e}")))?;
+            encoder.token_dim()
+        }
+        (MaskInput::Tokens(_), None) => 0,
+    };
+    Ok(GeneratorSpec::Mlp {
+        input: input.spec_name(),
+        input_dim,
+        hidden: fast.hidden_widths(),
     })
+}
+
+/// `config.json`, `revision.txt` and `data.json`: what the run is, from which code, on
+/// exactly which images.
+fn write_metadata(
+    folder: &RunFolder,
+    cfg: &TrainConfig,
+    dataset: &Dataset,
+    data: &RunData,
+) -> Result<()> {
+    folder.write_json(CONFIG, cfg)?;
+    folder.write_text("revision.txt", &(code_revision() + "\n"))?;
+    let (train, held) = (&data.train.samples, &data.held.samples);
+    let skipped = data.train.skipped.iter().chain(&data.held.skipped);
+    folder.write_json(
+        "data.json",
+        &serde_json::json!({
+            "spec": cfg.data,
+            "train": { "images": train.len(), "fingerprint": samples_fingerprint(train),
+                       "counts": class_counts(train) },
+            "held_out": data.held_split.map(|s| serde_json::json!({
+                "split": s, "images": held.len(), "fingerprint": samples_fingerprint(held),
+                "counts": class_counts(held) })),
+            "skipped": skipped.map(|(w, r)| serde_json::json!({"image": w, "reason": r})).collect::<Vec<_>>(),
+            "dropped_by_loader": dataset.dropped.len(),
+        }),
+    )
+}
+
+/// Writes the run's model bundles: the metadata every bundle of the run shares, and the
+/// tensors the loop hands over.
+struct BundleWriter<'a> {
+    folder: &'a RunFolder,
+    meta: BundleMeta,
+}
+
+impl<'a> BundleWriter<'a> {
+    fn new(
+        folder: &'a RunFolder,
+        cfg: &TrainConfig,
+        spec: &ModelSpec,
+        encoder: Option<&dyn Encoder>,
+    ) -> Result<Self> {
+        let (backbone, fingerprint) = match encoder {
+            Some(e) => (e.id().to_string(), e.fingerprint().to_string()),
+            None => ("none".to_string(), String::new()),
+        };
+        let input_size = encoder.map(|e| e.input_size()).unwrap_or(224) as u32;
+        let json = |value: serde_json::Result<serde_json::Value>| {
+            value.map_err(|e| Error::internal(format!("bundle metadata: {e}")))
+        };
+        Ok(BundleWriter {
+            folder,
+            meta: BundleMeta {
+                format_version: FORMAT_VERSION,
+                gfer_version: env!("CARGO_PKG_VERSION").to_string(),
+                backbone,
+                backbone_fingerprint: fingerprint,
+                feature_dim: spec.cafe.feature_dim,
+                preprocess: Preprocess::new(cfg.preprocess, input_size),
+                classes: Expression::names(),
+                model: json(serde_json::to_value(spec))?,
+                training: json(serde_json::to_value(cfg))?,
+            },
+        })
+    }
+
+    fn preprocess(&self) -> Preprocess {
+        self.meta.preprocess
+    }
+
+    fn save(&self, tensors: &HashMap<String, Tensor>, snapshot: Snapshot) -> Result<()> {
+        let name = match snapshot {
+            Snapshot::Best => BEST_BUNDLE,
+            Snapshot::Final => FINAL_BUNDLE,
+        };
+        Bundle {
+            origin: String::new(),
+            meta: self.meta.clone(),
+            tensors: tensors.clone(),
+        }
+        .save(&self.folder.path(name))
+    }
+}
+
+fn labels_of(samples: &[&Sample]) -> Vec<u32> {
+    samples.iter().map(|s| s.label.index() as u32).collect()
+}
+
+/// Fast mode: builds (or completes) the feature cache, then trains on it.
+fn train_fast(
+    ctx: &TrainContext,
+    cfg: &TrainConfig,
+    fast: &FastConfig,
+    encoder: &dyn Encoder,
+    model: &Classifier,
+    data: &RunData,
+    bundles: &BundleWriter,
+) -> Result<(Outcome, Option<Metrics>)> {
+    let key = CacheKey {
+        encoder,
+        preprocess: bundles.preprocess(),
+        seed: cfg.recipe.seed,
+        views: fast.views,
+        mask: MaskSource::for_model(model),
+    };
+    let (train_sources, held_sources) = (data.train.sources(), data.held.sources());
+    let cached = cache::build(
+        &fast.cache_dir,
+        &key,
+        CacheImages {
+            sources: &train_sources,
+            hashes: &data.train.hashes,
+            limits: &data.limits,
+        },
+        CacheImages {
+            sources: &held_sources,
+            hashes: &data.held.hashes,
+            limits: &data.limits,
+        },
+        ctx.stop,
+        ctx.progress,
+    )?;
+    tracing::info!("feature cache: {}", cached.counts);
+    let (train, held) = (&data.train, &data.held);
+    let seed = cfg.recipe.seed;
+    let labels = labels_of(&train.samples);
+    let mut source = CachedSource::new(&cached.views, &train.hashes, labels, seed, ctx.device)?;
+    let labels = labels_of(&held.samples);
+    let mut held_source = CachedSource::new(&cached.clean, &held.hashes, labels, seed, ctx.device)?;
+    if let (Some(views), Some(clean)) = (&cached.mask_views, &cached.mask_clean) {
+        source = source.with_mask_input(views, &train.hashes)?;
+        held_source = held_source.with_mask_input(clean, &held.hashes)?;
+    }
+    let held_out = (!held.samples.is_empty()).then_some(&held_source as &dyn EvalSource);
+    train_and_score(ctx, model, &source, held_out, bundles)
+}
+
+/// The full recipe: every step decodes, augments and encodes its images.
+fn train_on_pixels(
+    ctx: &TrainContext,
+    cfg: &TrainConfig,
+    encoder: Option<&dyn Encoder>,
+    model: &Classifier,
+    data: &RunData,
+    bundles: &BundleWriter,
+) -> Result<(Outcome, Option<Metrics>)> {
+    let pixels = |usable: &Usable| PixelSource {
+        images: LabelledImages::new(&usable.samples, data.limits),
+        encoder,
+        preprocess: bundles.preprocess(),
+        augment: Augment::default(),
+        seed: cfg.recipe.seed,
+        device: ctx.device.clone(),
+    };
+    let source = pixels(&data.train);
+    let held = pixels(&data.held);
+    let held_out = (!data.held.samples.is_empty()).then_some(&held as &dyn EvalSource);
+    train_and_score(ctx, model, &source, held_out, bundles)
+}
+
+/// Trains, and scores the final model on the held-out split when the run finished.
+fn train_and_score(
+    ctx: &TrainContext,
+    model: &Classifier,
+    source: &dyn BatchSource,
+    held_out: Option<&dyn EvalSource>,
+    bundles: &BundleWriter,
+) -> Result<(Outcome, Option<Metrics>)> {
+    let outcome = fit::train(ctx, model, source, held_out, &mut |tensors, snapshot| {
+        bundles.save(tensors, snapshot)
+    })?;
+    let metrics = match (&outcome, held_out) {
+        (Outcome::Finished { .. }, Some(held_out)) => {
+            Some(evaluate(model, held_out, 64, Expression::names())?)
+        }
+        _ => None,
+    };
+    Ok((outcome, metrics))
 }
 
 fn class_counts(samples: &[&Sample]) -> serde_json::Value {
@@ -482,7 +506,7 @@ fn class_counts(samples: &[&Sample]) -> serde_json::Value {
 }
 
 fn write_report(
-    run: &RunDir,
+    run: &RunFolder,
     cfg: &TrainConfig,
     log: &[fit::EpochLog],
     held_out: Option<&Metrics>,

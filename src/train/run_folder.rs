@@ -3,20 +3,20 @@
 //! written atomically so a kill never leaves a half-written file.
 
 use crate::error::{Error, Result};
-use crate::formats::tensorfile::write_atomically;
+use crate::formats::write_file_atomically;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub struct RunDir {
+pub struct RunFolder {
     pub root: PathBuf,
 }
 
-impl RunDir {
+impl RunFolder {
     /// Creates (or reopens, for `--resume`) a run folder.
-    pub fn create(root: &Path) -> Result<RunDir> {
+    pub fn create(root: &Path) -> Result<RunFolder> {
         std::fs::create_dir_all(root.join("checkpoints")).map_err(|e| Error::io(root, e))?;
-        Ok(RunDir {
+        Ok(RunFolder {
             root: root.to_path_buf(),
         })
     }
@@ -37,10 +37,7 @@ impl RunDir {
     }
 
     pub fn write_text(&self, name: &str, text: &str) -> Result<()> {
-        let path = self.path(name);
-        write_atomically(&path, |tmp| {
-            std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
-        })
+        write_file_atomically(&self.path(name), text.as_bytes())
     }
 
     /// Appends one JSON line to `name` (the epoch log). Each line is written with a single
@@ -96,7 +93,7 @@ mod tests {
     #[test]
     fn jsonl_appends_and_truncates() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let run = RunDir::create(dir.path())?;
+        let run = RunFolder::create(dir.path())?;
         for epoch in 0..3 {
             run.append_jsonl("log.jsonl", &serde_json::json!({ "epoch": epoch }))?;
         }

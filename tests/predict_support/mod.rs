@@ -216,12 +216,14 @@ pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
                 cache_dir: dir.join("cache"),
             }),
         };
-        let outcome = run::run(
+        let outcome = run::train(
             &config,
             &dir.join("run"),
-            &std::sync::atomic::AtomicBool::new(false),
-            None,
-            &indicatif::ProgressBar::hidden(),
+            &run::Watch {
+                stop: &std::sync::atomic::AtomicBool::new(false),
+                progress: &indicatif::ProgressBar::hidden(),
+                max_steps: None,
+            },
             &Device::Cpu,
         )
         .unwrap_or_else(|e| panic!("training the test bundle failed: {e}"));
