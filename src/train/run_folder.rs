@@ -70,19 +70,12 @@ impl RunFolder {
     }
 }
 
-/// The code revision gfer was built from: the git commit when run from a checkout,
-/// otherwise the crate version.
+/// The code revision gfer was built from: the git commit when it was built from a
+/// checkout (recorded at build time), and the crate version.
 pub fn code_revision() -> String {
-    let from_git = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    match from_git {
-        Some(rev) => format!("{rev} (gfer {})", env!("CARGO_PKG_VERSION")),
-        None => format!("gfer {}", env!("CARGO_PKG_VERSION")),
+    match option_env!("GFER_GIT_REVISION") {
+        Some(rev) if !rev.is_empty() => format!("{rev} (gfer {})", env!("CARGO_PKG_VERSION")),
+        _ => format!("gfer {}", env!("CARGO_PKG_VERSION")),
     }
 }
 
