@@ -1,4 +1,5 @@
 use clap::Parser;
+use gfer::ErrorKind;
 
 mod cli;
 
@@ -13,6 +14,10 @@ fn main() {
     let cli = cli::Cli::parse();
     if let Err(err) = cli::run(cli) {
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        // 130, as a shell reports a Ctrl-C, when the work was interrupted and can resume.
+        let interrupted = err
+            .downcast_ref::<gfer::Error>()
+            .is_some_and(|e| e.kind() == ErrorKind::Interrupted);
+        std::process::exit(if interrupted { 130 } else { 1 });
     }
 }

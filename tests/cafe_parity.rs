@@ -18,7 +18,7 @@
 //!
 //! `GFER_PARITY_DEVICE=cuda` runs the fixtures on the first GPU (build with `--features cuda`).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;

@@ -3,7 +3,7 @@
 //! `scripts/make_reference.py clip` (tiny, committed) and `... clip --testtime` (full-size
 //! ViT-B/32, generated into assets/reference/clip/).
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};

@@ -1,7 +1,7 @@
 //! `gfer data stats` and `gfer data check`, run as the binary on the committed fixture
 //! data sets (scripts/reference/datasets.py).
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! file holds and why). Each test checks counts per split and class and the canonical
 //! label of named images, worked out by hand from the native codes.
 
-mod common;
+use crate::common;
 
 use gfer::data::{open, Dataset, LoadOptions, Sample, Split};
 use gfer::image::DecodeLimits;

@@ -1,7 +1,7 @@
 //! Face detection on real photos (fetched by `scripts/fetch-assets photos`) and on
 //! generated images without faces.
 
-mod common;
+use crate::common;
 
 use gfer::detect::{FaceDetector, SeetaFaceDetector};
 use gfer::image::DecodeLimits;

@@ -7,7 +7,7 @@
 //!   (committed fixtures from `scripts/make_reference.py dinov2`) against transformers'
 //!   `Dinov2Model`, each with its own position-grid resize.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, IndexOp, Tensor};
 use gfer::backbone::dinov2::{convert_onnx, Dinov2Encoder, Dinov2Options, Dinov2Output};

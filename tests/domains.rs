@@ -1,7 +1,7 @@
 //! `gfer domains build` on the real fetched assets: class counts, manifest format, image
 //! sizes and content, the avatars' expressions, determinism.
 
-mod common;
+use crate::common;
 
 use gfer::data::LoadOptions;
 use gfer::experiments::domains::avatars::{self, AvatarParts};

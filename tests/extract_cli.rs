@@ -2,7 +2,7 @@
 //! reported and skipped, the huge one is refused by the pixel limit, the rest are encoded,
 //! and a rerun encodes nothing again.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

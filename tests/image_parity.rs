@@ -5,7 +5,7 @@
 //! Pillow's decoded RGB (`decoded`, small images only), the u8 outputs of both presets
 //! (`cafe.u8`, `clip.u8`, [S,S,3]) and for small S the normalised ones (`*.f32`, [3,S,S]).
 
-mod common;
+use crate::common;
 
 use gfer::image::{decode, DecodeLimits, Preprocess, Preset, RgbImage};
 use safetensors::SafeTensors;

@@ -2,8 +2,8 @@
 //! drawing, sharding) with a deterministic colour classifier standing in for a trained
 //! model, and the binary's argument handling.
 
-mod common;
-mod predict_support;
+use crate::common;
+use crate::predict_support;
 
 use gfer::image::DecodeLimits;
 use gfer::predict::inputs::{self, Input, Shard};

@@ -1,7 +1,7 @@
 //! `gfer protocol` on two generated data sets in two formats (class folders and a
 //! manifest), and the feature cache's invalidation rules.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use gfer::backbone::{load_encoder, Encoder};

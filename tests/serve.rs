@@ -2,8 +2,8 @@
 //! A colour classifier stands in for a trained model; the `Gated` one holds forward
 //! passes until the test lets them go, so queue and timeout behaviour is deterministic.
 
-mod common;
-mod predict_support;
+use crate::common;
+use crate::predict_support;
 
 use gfer::predict::{FaceClassifier, PredictOptions, Predictor};
 use gfer::serve::{self, ServeConfig};

@@ -2,7 +2,7 @@
 //! resumes to identical weights, fast mode learns with each of its mask generators,
 //! bundles load in eval and predict, bad checkpoints are refused clearly.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use gfer::image::Preset;

@@ -180,6 +180,31 @@ impl FeatureSet {
     }
 }
 
+impl FeatureSet {
+    /// The features file at `out` when there is one (it must hold features of `key`),
+    /// else an empty set.
+    fn open_or_new(out: &Path, key: FeatureKey, dim: usize) -> Result<FeatureSet> {
+        if !out.exists() {
+            return Ok(FeatureSet::empty(key, dim));
+        }
+        let set = FeatureSet::load(out)?;
+        if set.key != key {
+            return Err(Error::config(format!(
+                "{} holds features of {} (weights {}, {:?}); this run uses {} (weights {}, {:?}): \
+                 choose another --out or delete the file",
+                out.display(),
+                set.key.backbone,
+                set.key.fingerprint,
+                set.key.preprocess,
+                key.backbone,
+                key.fingerprint,
+                key.preprocess
+            )));
+        }
+        Ok(set)
+    }
+}
+
 /// An image that could not be used, and why.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -236,78 +261,67 @@ pub fn extract(
         fingerprint: encoder.fingerprint().to_string(),
         preprocess,
     };
-    let mut result = if out.exists() {
-        let set = FeatureSet::load(out)?;
-        if set.key != key {
-            return Err(Error::config(format!(
-                "{} holds features of {} (weights {}, {:?}); this run uses {} (weights {}, {:?}): \
-                 choose another --out or delete the file",
-                out.display(),
-                set.key.backbone,
-                set.key.fingerprint,
-                set.key.preprocess,
-                key.backbone,
-                key.fingerprint,
-                key.preprocess
-            )));
-        }
-        set
-    } else {
-        FeatureSet::empty(key, encoder.dim())
-    };
-    let mut known: HashSet<String> = result.rows.iter().map(|r| r.hash.clone()).collect();
+    let mut set = FeatureSet::open_or_new(out, key, encoder.dim())?;
+    let mut known: HashSet<String> = set.rows.iter().map(|r| r.hash.clone()).collect();
     let mut summary = ExtractSummary::default();
     let mut last_save = Instant::now();
-    let device = Device::Cpu;
-
     progress.set_length(items.len() as u64);
     for chunk in items.chunks(options.batch_size.max(1)) {
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             break;
         }
-        let decoded: Vec<Result<RgbImage>> = chunk
-            .par_iter()
-            .map(|item| item.source.load(&options.limits))
-            .collect();
-        let mut images = Vec::new();
-        let mut rows = Vec::new();
-        for (item, image) in chunk.iter().zip(decoded) {
-            match image {
-                Err(e) => summary.failures.push(Failure {
-                    path: item.source.describe(),
-                    reason: e.to_string(),
-                }),
-                Ok(image) => {
-                    let hash = content_hash(&image);
-                    if !known.insert(hash.clone()) {
-                        summary.reused += 1;
-                        continue;
-                    }
-                    rows.push(Row {
-                        path: item.source.describe(),
-                        hash,
-                        label: item.label,
-                    });
-                    images.push(image);
-                }
-            }
-        }
+        let (images, rows) = new_images(chunk, &options.limits, &mut known, &mut summary);
         if !images.is_empty() {
-            let pixels = preprocess.batch(&images, &device)?;
-            let features = encoder.encode(&pixels)?;
-            result
-                .values
-                .extend(features.flatten_all()?.to_vec1::<f32>()?);
+            let features = encoder.encode(&preprocess.batch(&images, &Device::Cpu)?)?;
+            set.values.extend(features.flatten_all()?.to_vec1::<f32>()?);
             summary.encoded += rows.len();
-            result.rows.extend(rows);
+            set.rows.extend(rows);
         }
         progress.inc(chunk.len() as u64);
         if last_save.elapsed() >= options.save_every {
-            result.save(out)?;
+            set.save(out)?;
             last_save = Instant::now();
         }
     }
-    result.save(out)?;
+    set.save(out)?;
     Ok(summary)
+}
+
+/// The images of `chunk` that decode and are not already `known` (by content hash), with
+/// their rows; the others are counted in `summary`.
+fn new_images(
+    chunk: &[ExtractItem],
+    limits: &DecodeLimits,
+    known: &mut HashSet<String>,
+    summary: &mut ExtractSummary,
+) -> (Vec<RgbImage>, Vec<Row>) {
+    let decoded: Vec<Result<RgbImage>> = chunk
+        .par_iter()
+        .map(|item| item.source.load(limits))
+        .collect();
+    let mut images = Vec::new();
+    let mut rows = Vec::new();
+    for (item, image) in chunk.iter().zip(decoded) {
+        match image {
+            Err(e) => summary.failures.push(Failure {
+                path: item.source.describe(),
+                reason: e.to_string(),
+            }),
+            Ok(image) => {
+                let hash = content_hash(&image);
+                if !known.insert(hash.clone()) {
+                    summary.reused += 1;
+                    continue;
+                }
+                rows.push(Row {
+                    path: item.source.describe(),
+                    hash,
+                    label: item.label,
+                });
+                images.push(image);
+            }
+        }
+    }
+    (images, rows)
 }

@@ -124,21 +124,7 @@ fn load_joined(votes_file: &Path, pixels_file: &Path, builder: &mut Builder) -> 
         .headers()
         .map_err(|e| csv_error(votes_file, e))?
         .clone();
-    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let header_error = |what: &str| Error::Data {
-        file: votes_file.to_path_buf(),
-        line: Some(1),
-        message: format!(
-            "no `{what}` column in the header `{}`",
-            headers.iter().collect::<Vec<_>>().join(",")
-        ),
-    };
-    let usage_column = column("Usage").ok_or_else(|| header_error("Usage"))?;
-    let name_column = column("Image name").ok_or_else(|| header_error("Image name"))?;
-    let mut vote_columns = [0; 10];
-    for (slot, name) in vote_columns.iter_mut().zip(VOTE_COLUMNS) {
-        *slot = column(name).ok_or_else(|| header_error(name))?;
-    }
+    let (usage_column, name_column, vote_columns) = vote_file_columns(&headers, votes_file)?;
 
     let mut rows = 0;
     for (index, record) in reader.records().enumerate() {
@@ -193,6 +179,31 @@ fn load_joined(votes_file: &Path, pixels_file: &Path, builder: &mut Builder) -> 
         });
     }
     Ok(())
+}
+
+/// The columns of `fer2013new.csv`: `Usage`, `Image name` and the ten vote counts.
+fn vote_file_columns(
+    headers: &csv::StringRecord,
+    votes_file: &Path,
+) -> Result<(usize, usize, [usize; 10])> {
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .ok_or_else(|| Error::Data {
+                file: votes_file.to_path_buf(),
+                line: Some(1),
+                message: format!(
+                    "no `{name}` column in the header `{}`",
+                    headers.iter().collect::<Vec<_>>().join(",")
+                ),
+            })
+    };
+    let mut vote_columns = [0; 10];
+    for (slot, name) in vote_columns.iter_mut().zip(VOTE_COLUMNS) {
+        *slot = column(name)?;
+    }
+    Ok((column("Usage")?, column("Image name")?, vote_columns))
 }
 
 fn parse_votes(

@@ -44,16 +44,8 @@ pub fn confusion_image(metrics: &Metrics, title: &str) -> RgbImage {
     for (j, class) in classes.iter().enumerate() {
         // Column headings: three letters fit a cell at this scale with room to spare.
         let short: String = class.chars().take(3).collect();
-        let x =
-            (left + j as u32 * CELL) as i64 + (CELL as i64 - text_width(&short, SCALE) as i64) / 2;
-        draw_text(
-            &mut img,
-            x,
-            (header - 8 * SCALE - 6) as i64,
-            &short,
-            SCALE,
-            BLACK,
-        );
+        let x = left + j as u32 * CELL;
+        draw_centred(&mut img, x, header - 8 * SCALE - 6, &short, BLACK);
     }
     for (i, label) in row_labels.iter().enumerate() {
         let y = header + i as u32 * CELL;
@@ -72,43 +64,28 @@ pub fn confusion_image(metrics: &Metrics, title: &str) -> RgbImage {
             } else {
                 count as f64 / support[i] as f64
             };
-            // White (0) to dark blue (1).
-            let shade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
-            let color = Rgb([shade(20.0), shade(60.0), shade(160.0)]);
-            let x = left + j as u32 * CELL;
-            fill_rect(
-                &mut img,
-                x as i64,
-                y as i64,
-                (x + CELL) as i64,
-                (y + CELL) as i64,
-                color,
-            );
-            draw_rect(
-                &mut img,
-                (
-                    x as i64,
-                    y as i64,
-                    (x + CELL) as i64 + 1,
-                    (y + CELL) as i64 + 1,
-                ),
-                1,
-                BLACK,
-            );
-            let text = count.to_string();
-            let ink = if share > 0.5 { WHITE } else { BLACK };
-            let tx = x as i64 + (CELL as i64 - text_width(&text, SCALE) as i64) / 2;
-            draw_text(
-                &mut img,
-                tx,
-                (y + (CELL - 8 * SCALE) / 2) as i64,
-                &text,
-                SCALE,
-                ink,
-            );
+            draw_cell(&mut img, left + j as u32 * CELL, y, count, share);
         }
     }
     img
+}
+
+/// One cell at (x, y): shaded from white (share 0) to dark blue (1), framed, its count in
+/// the middle.
+fn draw_cell(img: &mut RgbImage, x: u32, y: u32, count: u64, share: f64) {
+    let shade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
+    let color = Rgb([shade(20.0), shade(60.0), shade(160.0)]);
+    let (x0, y0, x1, y1) = (x as i64, y as i64, (x + CELL) as i64, (y + CELL) as i64);
+    fill_rect(img, x0, y0, x1, y1, color);
+    draw_rect(img, (x0, y0, x1 + 1, y1 + 1), 1, BLACK);
+    let ink = if share > 0.5 { WHITE } else { BLACK };
+    draw_centred(img, x, y + (CELL - 8 * SCALE) / 2, &count.to_string(), ink);
+}
+
+/// `text` centred in the cell-wide column starting at `x`, its top at `y`.
+fn draw_centred(img: &mut RgbImage, x: u32, y: u32, text: &str, ink: Rgb<u8>) {
+    let tx = x as i64 + (CELL as i64 - text_width(text, SCALE) as i64) / 2;
+    draw_text(img, tx, y as i64, text, SCALE, ink);
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::{
     Dinov2Output, GridResize, PATCH_SIZE,
 };
 use crate::error::{Error, Result};
-use crate::formats::onnx::{GraphProto, NodeProto, TensorProto};
+use crate::formats::onnx::{GraphProto, Model, NodeProto, TensorProto};
 use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -100,48 +100,17 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| source.clone());
-    let metadata: BTreeMap<String, String> = [
-        // "pt" is what transformers' safetensors loader expects here.
-        ("format", "pt".to_string()),
-        (
-            "layout",
-            "Hugging Face Dinov2Model state dict, no prefix".to_string(),
-        ),
-        ("architecture", config.id()),
-        (
-            "converted_by",
-            format!("gfer {} convert", env!("CARGO_PKG_VERSION")),
-        ),
-        ("source", file_name),
-        ("source_sha256", source_sha256.clone()),
-        (
-            "source_opset",
-            model.opset.map(|v| v.to_string()).unwrap_or_default(),
-        ),
-        ("source_producer", model.producer.clone()),
-        ("position_grid", grid.to_string()),
-        ("input_size", (grid * PATCH_SIZE).to_string()),
-        ("native_position_grid", native_grid.to_string()),
-        (
-            "position_resize",
-            format!(
-                "patch grid {native_grid}x{native_grid} -> {grid}x{grid}: bicubic, a=-0.75, \
-                 half_pixel, to a size (scale in/out), borders clamped, no antialias; \
-                 as the graph's node {resize_node}"
-            ),
-        ),
-        (
-            "matmul_weights",
-            "ONNX MatMul [in,out] initialisers transposed to Linear [out,in]".to_string(),
-        ),
-        (
-            "skipped",
-            format!("{} non-backbone initialisers", backbone.skipped),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let metadata = Provenance {
+        architecture: config.id(),
+        source: file_name,
+        source_sha256: &source_sha256,
+        model: &model,
+        grid,
+        native_grid,
+        resize_node: &resize_node,
+        skipped: backbone.skipped,
+    }
+    .metadata();
     crate::formats::tensorfile::save(out, &tensors, &metadata)?;
     tracing::info!(
         "converted {} ({} layers, width {}) to {}",
@@ -161,6 +130,67 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
     })
 }
 
+/// Where a converted checkpoint came from and how it was converted: its metadata.
+struct Provenance<'a> {
+    architecture: String,
+    source: String,
+    source_sha256: &'a str,
+    model: &'a Model,
+    grid: usize,
+    native_grid: usize,
+    resize_node: &'a str,
+    skipped: usize,
+}
+
+impl Provenance<'_> {
+    fn metadata(&self) -> BTreeMap<String, String> {
+        let (grid, native_grid) = (self.grid, self.native_grid);
+        [
+            // "pt" is what transformers' safetensors loader expects here.
+            ("format", "pt".to_string()),
+            (
+                "layout",
+                "Hugging Face Dinov2Model state dict, no prefix".to_string(),
+            ),
+            ("architecture", self.architecture.clone()),
+            (
+                "converted_by",
+                format!("gfer {} convert", env!("CARGO_PKG_VERSION")),
+            ),
+            ("source", self.source.clone()),
+            ("source_sha256", self.source_sha256.to_string()),
+            (
+                "source_opset",
+                self.model.opset.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+            ("source_producer", self.model.producer.clone()),
+            ("position_grid", grid.to_string()),
+            ("input_size", (grid * PATCH_SIZE).to_string()),
+            ("native_position_grid", native_grid.to_string()),
+            (
+                "position_resize",
+                format!(
+                    "patch grid {native_grid}x{native_grid} -> {grid}x{grid}: bicubic, a=-0.75, \
+                     half_pixel, to a size (scale in/out), borders clamped, no antialias; \
+                     as the graph's node {}",
+                    self.resize_node
+                ),
+            ),
+            (
+                "matmul_weights",
+                "ONNX MatMul [in,out] initialisers transposed to Linear [out,in]".to_string(),
+            ),
+            (
+                "skipped",
+                format!("{} non-backbone initialisers", self.skipped),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
 struct NamedBackbone {
     /// Hugging Face names; position embeddings at the native grid.
     tensors: HashMap<String, Tensor>,
@@ -178,8 +208,7 @@ fn name_backbone_initialisers(graph: &GraphProto, source: &str) -> Result<NamedB
     // initialiser name -> Hugging Face name, for those already taken.
     let mut assigned: HashMap<&str, String> = HashMap::new();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut class_position: Option<Tensor> = None;
-    let mut patch_grid: Option<Tensor> = None;
+    let (mut class_position, mut patch_grid) = (None, None);
     for node in &graph.node {
         let Some(scope) = node.name.strip_prefix("/backbone/") else {
             continue;
@@ -194,35 +223,29 @@ fn name_backbone_initialisers(graph: &GraphProto, source: &str) -> Result<NamedB
             let tensor = initialiser
                 .to_tensor(&Device::Cpu)
                 .map_err(|m| Error::weights(source, m))?;
-            let name = if let Some(named) = input.strip_prefix("backbone.") {
-                tensors.insert(named.to_string(), tensor);
-                named.to_string()
-            } else if let Some(hf) = anonymous_matmul_name(node, scope, slot) {
-                tensors.insert(hf.clone(), tensor.t()?.contiguous()?);
-                hf
-            } else if scope.starts_with("embeddings/")
-                && node.op_type == "Concat"
-                && tensor.dims().len() == 3
-                && tensor.dim(1)? == 1
-            {
-                class_position = Some(tensor);
-                "embeddings.position_embeddings (CLS position)".to_string()
-            } else if scope.starts_with("embeddings/")
-                && node.op_type == "Reshape"
-                && slot == 0
-                && tensor.dims().len() == 3
-            {
-                patch_grid = Some(tensor);
-                "embeddings.position_embeddings (patch grid)".to_string()
-            } else {
-                return Err(Error::weights(
-                    source,
-                    format!(
-                        "backbone initialiser {input} {:?}, input {slot} of {} node {}, has no \
-                         Hugging Face Dinov2Model name gfer knows",
-                        initialiser.dims, node.op_type, node.name
-                    ),
-                ));
+            let name = match role(node, scope, slot, input, tensor)? {
+                Role::Named(name, tensor) => {
+                    tensors.insert(name.clone(), tensor);
+                    name
+                }
+                Role::ClassPosition(tensor) => {
+                    class_position = Some(tensor);
+                    "embeddings.position_embeddings (CLS position)".to_string()
+                }
+                Role::PatchGrid(tensor) => {
+                    patch_grid = Some(tensor);
+                    "embeddings.position_embeddings (patch grid)".to_string()
+                }
+                Role::Unknown => {
+                    return Err(Error::weights(
+                        source,
+                        format!(
+                            "backbone initialiser {input} {:?}, input {slot} of {} node {}, has \
+                             no Hugging Face Dinov2Model name gfer knows",
+                            initialiser.dims, node.op_type, node.name
+                        ),
+                    ))
+                }
             };
             if let Some((other, _)) = assigned.iter().find(|(_, hf)| **hf == name) {
                 return Err(Error::weights(
@@ -233,6 +256,47 @@ fn name_backbone_initialisers(graph: &GraphProto, source: &str) -> Result<NamedB
             assigned.insert(input.as_str(), name);
         }
     }
+    let (positions, native_grid) = join_positions(class_position, patch_grid, source)?;
+    tensors.insert("embeddings.position_embeddings".into(), positions);
+    Ok(NamedBackbone {
+        tensors,
+        native_grid,
+        skipped: graph.initializer.len() - assigned.len(),
+    })
+}
+
+/// What a backbone initialiser is, told by its name or by the node that reads it.
+enum Role {
+    /// A tensor under its Hugging Face name (a MatMul weight already transposed).
+    Named(String, Tensor),
+    /// The `[1,1,D]` position embedding of the CLS token, fed to a Concat.
+    ClassPosition(Tensor),
+    /// The `[1,M*M,D]` position grid of the patches, fed to a Reshape.
+    PatchGrid(Tensor),
+    Unknown,
+}
+
+fn role(node: &NodeProto, scope: &str, slot: usize, input: &str, tensor: Tensor) -> Result<Role> {
+    if let Some(named) = input.strip_prefix("backbone.") {
+        return Ok(Role::Named(named.to_string(), tensor));
+    }
+    if let Some(hf) = anonymous_matmul_name(node, scope, slot) {
+        return Ok(Role::Named(hf, tensor.t()?.contiguous()?));
+    }
+    let embeddings = scope.starts_with("embeddings/") && tensor.dims().len() == 3;
+    Ok(match node.op_type.as_str() {
+        "Concat" if embeddings && tensor.dim(1)? == 1 => Role::ClassPosition(tensor),
+        "Reshape" if embeddings && slot == 0 => Role::PatchGrid(tensor),
+        _ => Role::Unknown,
+    })
+}
+
+/// The full position embedding `[1,1+M*M,D]` and the side M of its grid.
+fn join_positions(
+    class_position: Option<Tensor>,
+    patch_grid: Option<Tensor>,
+    source: &str,
+) -> Result<(Tensor, usize)> {
     let (Some(class_position), Some(patch_grid)) = (class_position, patch_grid) else {
         return Err(Error::weights(
             source,
@@ -248,16 +312,8 @@ fn name_backbone_initialisers(graph: &GraphProto, source: &str) -> Result<NamedB
             format!("the position grid has {cells} cells, not a square number"),
         ));
     }
-    tensors.insert(
-        "embeddings.position_embeddings".into(),
-        Tensor::cat(&[&class_position, &patch_grid], 1)?,
-    );
-    let skipped = graph.initializer.len() - assigned.len();
-    Ok(NamedBackbone {
-        tensors,
-        native_grid,
-        skipped,
-    })
+    let positions = Tensor::cat(&[&class_position, &patch_grid], 1)?;
+    Ok((positions, native_grid))
 }
 
 /// `encoder.layer.N.<module>.weight` for the weight input of a linear layer's MatMul,

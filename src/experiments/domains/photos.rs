@@ -83,26 +83,7 @@ fn plan_ckplus(root: &Path) -> Result<Vec<Planned<PhotoSource>>> {
         }
     }
 
-    let mut peak_frames = Vec::new();
-    for (class_dir, class) in class_dirs(&peaks)? {
-        for path in sorted_entries(&class_dir)? {
-            if is_png(&path) {
-                peak_frames.push((path, class));
-            }
-        }
-    }
-    for path in sorted_entries(root)? {
-        // sample_happy_image.png, sample_anger_image2.png, ...
-        let name = stem(&path);
-        let class = name
-            .strip_prefix("sample_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(Expression::from_name);
-        if let (true, Some(class)) = (is_png(&path), class) {
-            peak_frames.push((path, class));
-        }
-    }
-
+    let peak_frames = peak_frames(root, &peaks)?;
     let source = |path: PathBuf| PhotoSource {
         path,
         crop: Some(CKPLUS_CROP),
@@ -145,6 +126,31 @@ fn plan_ckplus(root: &Path) -> Result<Vec<Planned<PhotoSource>>> {
         });
     }
     Ok(plan)
+}
+
+/// The apex frames EmoPy ships with their folder's (or file name's) class: those in the
+/// class folders of `peaks`, and `sample_happy_image.png`-like files in `root`.
+fn peak_frames(root: &Path, peaks: &Path) -> Result<Vec<(PathBuf, Expression)>> {
+    let mut frames = Vec::new();
+    for (class_dir, class) in class_dirs(peaks)? {
+        for path in sorted_entries(&class_dir)? {
+            if is_png(&path) {
+                frames.push((path, class));
+            }
+        }
+    }
+    for path in sorted_entries(root)? {
+        // sample_happy_image.png, sample_anger_image2.png, ...
+        let name = stem(&path);
+        let class = name
+            .strip_prefix("sample_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(Expression::from_name);
+        if let (true, Some(class)) = (is_png(&path), class) {
+            frames.push((path, class));
+        }
+    }
+    Ok(frames)
 }
 
 /// The class folders directly under `dir` (folders whose name is not a class are skipped).
