@@ -510,3 +510,215 @@ fn full_and_fast_variants_come_out_side_by_side_in_one_table() {
         "{cached:?}"
     );
 }
+
+/// README's "Reproducing the paper's Table 1" command as arguments after `gfer`: the
+/// shell variables its block sets expanded, continuation lines joined, quotes removed.
+fn readme_table_1_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("#### Reproducing the paper's Table 1")
+        .nth(1)
+        .expect("README has the Table 1 section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section has a sh block");
+    let mut variables: Vec<(String, String)> = Vec::new();
+    let mut command = String::new();
+    for line in block.replace("\\\n", " ").lines() {
+        match line.split_once('=') {
+            Some((name, value)) if !line.starts_with("gfer") && !name.contains(' ') => {
+                variables.push((format!("\"${name}\""), value.to_string()))
+            }
+            _ => command.push_str(line),
+        }
+    }
+    let words: Vec<String> = command
+        .split_whitespace()
+        .map(|word| {
+            let expanded = variables
+                .iter()
+                .find(|(name, _)| name == word)
+                .map_or(word, |(_, value)| value.as_str());
+            expanded.trim_matches('"').to_string()
+        })
+        .collect();
+    assert_eq!(words[..2], ["gfer", "protocol"], "{words:?}");
+    words[1..].to_vec()
+}
+
+/// Writes RAF-DB, FERPlus, AffectNet, SFEW 2.0 and MMA copies in their native formats under
+/// `data`, at the paths README's Table 1 command names, each with `per_class` synthetic
+/// faces per class in its training split and in the split the paper tests on.
+fn write_paper_datasets(data: &std::path::Path, per_class: usize) {
+    use gfer::Expression;
+    let face = |class: Expression, i: usize| common::synthetic_face(class.index(), i, 48);
+    let save = |image: image::RgbImage, path: std::path::PathBuf| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        image.save(&path).expect("write image");
+    };
+    // RAF-DB: labels are the canonical index plus one; the split is the name's prefix.
+    let raf = data.join("RAF-DB/basic");
+    let mut labels = String::new();
+    for (split, offset) in [("train", 0), ("test", 100)] {
+        for class in Expression::ALL {
+            for i in 0..per_class {
+                let stem = format!("{split}_{:05}", offset + class.index() * per_class + i + 1);
+                save(
+                    face(class, offset + i),
+                    raf.join(format!("Image/aligned/{stem}_aligned.jpg")),
+                );
+                labels.push_str(&format!("{stem}.jpg {}\n", class.index() + 1));
+            }
+        }
+    }
+    std::fs::create_dir_all(raf.join("EmoLabel")).expect("folder");
+    std::fs::write(raf.join("EmoLabel/list_patition_label.txt"), labels).expect("labels");
+    // FERPlus, the generated folders: ten votes for the class in FERPlus's vote order.
+    let fer_order = [6, 3, 0, 4, 5, 2, 1].map(|i| Expression::ALL[i]);
+    for (folder, offset) in [("FER2013Train", 200), ("FER2013Test", 300)] {
+        let mut rows = String::new();
+        for class in Expression::ALL {
+            let column = fer_order.iter().position(|&c| c == class).expect("voted");
+            for i in 0..per_class {
+                let name = format!("fer{:07}.png", offset + class.index() * per_class + i);
+                save(
+                    face(class, offset + i),
+                    data.join("FERPlus").join(folder).join(&name),
+                );
+                let votes: Vec<&str> = (0..10)
+                    .map(|v| if v == column { "10" } else { "0" })
+                    .collect();
+                rows.push_str(&format!("{name},\"(0, 0, 48, 48)\",{}\n", votes.join(",")));
+            }
+        }
+        std::fs::write(data.join("FERPlus").join(folder).join("label.csv"), rows).expect("csv");
+    }
+    // AffectNet: codes 0 neutral .. 6 anger, the face box covering the image.
+    let affect_order = [6, 3, 4, 0, 1, 2, 5].map(|i| Expression::ALL[i]);
+    let affectnet = data.join("AffectNet");
+    for (file, offset) in [("training.csv", 400), ("validation.csv", 500)] {
+        let mut rows = String::from(
+            "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n",
+        );
+        for class in Expression::ALL {
+            let code = affect_order
+                .iter()
+                .position(|&c| c == class)
+                .expect("coded");
+            for i in 0..per_class {
+                let name = format!("{code}/{}_{i}.jpg", offset + class.index());
+                save(
+                    face(class, offset + i),
+                    affectnet.join("Manually_Annotated_Images").join(&name),
+                );
+                rows.push_str(&format!("{name},0,0,48,48,,{code},0.0,0.0\n"));
+            }
+        }
+        std::fs::write(affectnet.join(file), rows).expect("csv");
+    }
+    // SFEW 2.0 and MMA: class folders.
+    let sfew_names = [
+        "Surprise", "Fear", "Disgust", "Happy", "Sad", "Angry", "Neutral",
+    ];
+    let mma_names = [
+        "surprise", "fear", "disgust", "happy", "sad", "angry", "neutral",
+    ];
+    for class in Expression::ALL {
+        for i in 0..per_class {
+            let sfew = data.join("SFEW2");
+            let name = sfew_names[class.index()];
+            save(
+                face(class, 600 + i),
+                sfew.join(format!("Train_Aligned_Faces/{name}/t{i}.png")),
+            );
+            save(
+                face(class, 700 + i),
+                sfew.join(format!("Val_Aligned_Faces/{name}/v{i}.png")),
+            );
+            let mma = data.join("MMAFEDB");
+            let name = mma_names[class.index()];
+            save(
+                face(class, 800 + i),
+                mma.join(format!("train/{name}/t{i}.jpg")),
+            );
+            save(
+                face(class, 900 + i),
+                mma.join(format!("test/{name}/s{i}.jpg")),
+            );
+        }
+    }
+}
+
+/// README's Table 1 command, run as the binary exactly as written but for its paths (the
+/// five data sets generated in their native formats, the tiny CLIP fixture for ViT-B/32,
+/// the CAFE references' MS-Celeb-like ResNet-18) and one added `--epochs 1`: every cell
+/// of the table whose source and target the paper used shows the paper's number, in
+/// table.md, table.csv and table.json.
+#[test]
+fn readme_table_1_command_shows_the_paper_beside_every_cell() {
+    let how = "run scripts/make_reference.py cafe --testtime";
+    let Some(resnet) = common::asset("reference/resnet18/resnet18_msceleb_like.pth", how) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    write_paper_datasets(&data, 2);
+    let out = dir.path().join("table1");
+    let args: Vec<String> = readme_table_1_command()
+        .into_iter()
+        .map(|arg| match arg.as_str() {
+            "ViT-B-32.safetensors" => common::tiny_clip().display().to_string(),
+            "resnet18_msceleb.pth" => resnet.display().to_string(),
+            "runs/table1" => out.display().to_string(),
+            _ => arg.replace("/data/", &format!("{}/", data.display())),
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--reference"), "{args:?}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(&args)
+        .args(["--epochs", "1"])
+        .output()
+        .expect("run gfer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("the paper has no numbers"), "{stderr}");
+
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("table.json")).expect("table.json"))
+            .expect("json");
+    let targets = table["targets"].as_array().expect("targets").len();
+    let rows = table["rows"].as_array().expect("rows");
+    assert_eq!((rows.len(), targets), (5, 5));
+    let markdown = std::fs::read_to_string(out.join("table.md")).expect("table.md");
+    let csv = std::fs::read_to_string(out.join("table.csv")).expect("table.csv");
+    for row in rows {
+        let source = row["source"].as_str().expect("source");
+        let kind = row["source_kind"].as_str().expect("kind");
+        for (t, kind_t) in table["target_kinds"]
+            .as_array()
+            .expect("kinds")
+            .iter()
+            .enumerate()
+        {
+            let want = gfer::eval::table::paper_accuracy(kind, kind_t.as_str().expect("kind"))
+                .expect("the paper used every source and target here");
+            assert_eq!(row["paper"][t].as_f64(), Some(want), "{source} -> {kind_t}");
+            assert!(
+                markdown.contains(&format!("(paper {want:.2}, ")),
+                "{want} in\n{markdown}"
+            );
+        }
+        let line = csv
+            .lines()
+            .find(|l| l.starts_with(&format!("cafe:full,{source},")))
+            .expect("csv row");
+        let papers = line
+            .split(',')
+            .skip(2 + targets + 2)
+            .filter(|v| !v.is_empty())
+            .count();
+        assert_eq!(papers, targets, "{line}");
+    }
+}

@@ -117,17 +117,13 @@ pub fn run(
                 (Some(mask), Some(features)) => Some(features.mask_input(mask, stop, progress)?),
                 _ => None,
             };
-            let mut row = TableRow {
-                method: variant.label(),
-                source: source.name.clone(),
-                accuracy: Vec::new(),
-            };
+            let mut accuracy = Vec::new();
             for target in &targets {
                 let metrics = score(&model, target, features.as_ref(), mask.as_ref(), progress)?;
-                row.accuracy.push(metrics.accuracy);
+                accuracy.push(metrics.accuracy);
                 report.add_cell(cfg, variant, source, target, &metrics)?;
             }
-            report.table.rows.push(row);
+            report.add_row(variant, source, accuracy);
         }
     }
     report.write(cfg)?;
@@ -355,6 +351,7 @@ impl Report {
         Report {
             table: AccuracyTable {
                 targets: cfg.targets.iter().map(|t| t.name.clone()).collect(),
+                target_kinds: cfg.targets.iter().map(|t| t.kind().to_string()).collect(),
                 rows: Vec::new(),
             },
             per_class: String::from("# Per-class accuracy (recall, %) of every cell\n\n"),
@@ -383,12 +380,32 @@ impl Report {
         Ok(())
     }
 
-    /// `table.md`, `table.csv`, `table.json` and `per_class.md`.
+    fn add_row(&mut self, variant: MethodVariant, source: &NamedDataset, accuracy: Vec<f64>) {
+        let row = TableRow::new(
+            variant.label(),
+            source.name.clone(),
+            source.kind().to_string(),
+            accuracy,
+            &self.table.target_kinds,
+        );
+        self.table.rows.push(row);
+    }
+
+    /// `table.md`, `table.csv`, `table.json` and `per_class.md`; with the paper's numbers
+    /// asked for, a warning naming the data sets the paper did not use.
     fn write(&self, cfg: &ProtocolConfig) -> Result<()> {
-        let out = &cfg.out;
-        let markdown = self.table.markdown(cfg.reference_paper);
+        let (out, reference) = (&cfg.out, cfg.reference_paper);
+        let unmatched = self.table.unmatched_by_paper();
+        if reference && !unmatched.is_empty() {
+            tracing::warn!(
+                "--reference paper: the paper has no numbers for {} (it used rafdb, ferplus, \
+                 affectnet, sfew and mma); their cells show ours alone",
+                unmatched.join(", ")
+            );
+        }
+        let markdown = self.table.markdown(reference);
         write_file_atomically(&out.join("table.md"), markdown.as_bytes())?;
-        write_file_atomically(&out.join("table.csv"), self.table.csv().as_bytes())?;
+        write_file_atomically(&out.join("table.csv"), self.table.csv(reference).as_bytes())?;
         let json = serde_json::to_vec_pretty(&self.table)
             .map_err(|e| Error::internal(format!("table.json: {e}")))?;
         write_file_atomically(&out.join("table.json"), &json)?;

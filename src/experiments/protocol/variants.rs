@@ -11,6 +11,13 @@ pub struct NamedDataset {
     pub spec: String,
 }
 
+impl NamedDataset {
+    /// The data-set kind of its spec (`rafdb`, `ferplus`, ...), whatever its name.
+    pub fn kind(&self) -> &str {
+        crate::eval::table::spec_kind(&self.spec)
+    }
+}
+
 /// `NAME=KIND:PATH...` names a data set; a bare spec is named by its kind (with a number
 /// added when two share one).
 pub fn name_specs(specs: &[String]) -> Vec<NamedDataset> {
