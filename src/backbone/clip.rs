@@ -14,9 +14,10 @@
 //! Every layer uses QuickGELU (`x * sigmoid(1.702 x)`), as OpenAI's CLIP models (and
 //! open_clip's `-quickgelu` ones) do.
 
-use super::{fingerprint_tensors, ops, Backbone, Encoder};
+use super::{fingerprint_tensors, Backbone, Encoder};
 use crate::error::{Error, Result};
 use crate::formats::pytorch;
+use crate::kernels::{attention, FrozenLinear, LayerNorm};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -457,12 +458,12 @@ fn to_canonical(
 
 /// One residual attention block.
 struct Block {
-    ln_1: ops::LayerNorm,
-    qkv: ops::Linear,
-    out: ops::Linear,
-    ln_2: ops::LayerNorm,
-    fc: ops::Linear,
-    proj: ops::Linear,
+    ln_1: LayerNorm,
+    qkv: FrozenLinear,
+    out: FrozenLinear,
+    ln_2: LayerNorm,
+    fc: FrozenLinear,
+    proj: FrozenLinear,
 }
 
 impl Block {
@@ -473,7 +474,7 @@ impl Block {
         let tokens = x.dim(0)? / batch;
         let qkv = self.qkv.forward(&self.ln_1.forward(x)?)?;
         let queries = if cls_only { 1 } else { tokens };
-        let attended = ops::attention(&qkv, batch, heads, queries)?;
+        let attended = attention(&qkv, batch, heads, queries)?;
         let x = if cls_only {
             class_rows(x, batch)?
         } else {
@@ -500,12 +501,12 @@ pub struct ClipVisionEncoder {
     fingerprint: String,
     device: Device,
     /// The patch-embedding convolution as a linear map of flattened patches `[3*P*P] -> [W]`.
-    patch_embedding: ops::Linear,
+    patch_embedding: FrozenLinear,
     class_embedding: Tensor,
     positional_embedding: Tensor,
-    ln_pre: ops::LayerNorm,
+    ln_pre: LayerNorm,
     blocks: Vec<Block>,
-    ln_post: ops::LayerNorm,
+    ln_post: LayerNorm,
     /// `[W, D]`.
     proj: Tensor,
 }
@@ -600,15 +601,19 @@ impl ClipVisionEncoder {
             t.remove(name)
                 .ok_or_else(|| Error::config(format!("canonical CLIP tensor {name} missing")))
         }
-        fn norm(t: &mut HashMap<String, Tensor>, prefix: &str) -> Result<ops::LayerNorm> {
-            Ok(ops::LayerNorm::new(
+        fn norm(t: &mut HashMap<String, Tensor>, prefix: &str) -> Result<LayerNorm> {
+            Ok(LayerNorm::new(
                 take(t, &format!("{prefix}.weight"))?,
                 take(t, &format!("{prefix}.bias"))?,
                 LAYER_NORM_EPS,
             ))
         }
-        fn dense(t: &mut HashMap<String, Tensor>, weight: &str, bias: &str) -> Result<ops::Linear> {
-            ops::Linear::new(take(t, weight)?, take(t, bias)?)
+        fn dense(
+            t: &mut HashMap<String, Tensor>,
+            weight: &str,
+            bias: &str,
+        ) -> Result<FrozenLinear> {
+            FrozenLinear::new(take(t, weight)?, take(t, bias)?)
         }
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -647,7 +652,7 @@ impl ClipVisionEncoder {
                 .to_string(),
             fingerprint,
             device,
-            patch_embedding: ops::Linear::new(
+            patch_embedding: FrozenLinear::new(
                 patch_weight.reshape((config.width, patch_dim))?,
                 // CLIP's patch convolution has no bias.
                 Tensor::zeros(config.width, patch_weight.dtype(), patch_weight.device())?,

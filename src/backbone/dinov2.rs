@@ -20,8 +20,9 @@ mod convert;
 
 pub use convert::{convert_onnx, ConversionSummary};
 
-use crate::backbone::{fingerprint_tensors, ops, Encoder};
+use crate::backbone::{fingerprint_tensors, Encoder};
 use crate::error::{Error, Result};
+use crate::kernels::{attention, FrozenLinear, LayerNorm};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -313,11 +314,11 @@ struct LinearTensors {
 impl LinearTensors {
     /// The layer to run; with `scale`, each output scaled (DINOv2's layer scale, folded
     /// into the weights so that the residual add fuses into the product).
-    fn build(&self, scale: Option<&Tensor>) -> Result<ops::Linear> {
+    fn build(&self, scale: Option<&Tensor>) -> Result<FrozenLinear> {
         let weight = self.weight_t.t()?.contiguous()?;
         match scale {
-            None => ops::Linear::new(weight, self.bias.clone()),
-            Some(scale) => ops::Linear::new(
+            None => FrozenLinear::new(weight, self.bias.clone()),
+            Some(scale) => FrozenLinear::new(
                 weight.broadcast_mul(&scale.unsqueeze(1)?)?,
                 (&self.bias * scale)?,
             ),
@@ -327,15 +328,15 @@ impl LinearTensors {
 
 /// One transformer block, ready to run.
 struct Block {
-    norm1: ops::LayerNorm,
+    norm1: LayerNorm,
     /// query, key and value fused: `[D] -> [3D]`.
-    qkv: ops::Linear,
+    qkv: FrozenLinear,
     /// The attention output projection times layer scale 1.
-    attention_output: ops::Linear,
-    norm2: ops::LayerNorm,
-    fc1: ops::Linear,
+    attention_output: FrozenLinear,
+    norm2: LayerNorm,
+    fc1: FrozenLinear,
     /// The second MLP layer times layer scale 2.
-    fc2: ops::Linear,
+    fc2: FrozenLinear,
 }
 
 /// The shapes of a DINOv2 model, inferred from a checkpoint.
@@ -398,8 +399,8 @@ impl Tensors<'_> {
         })
     }
 
-    fn layer_norm(&mut self, prefix: &str, width: usize) -> Result<ops::LayerNorm> {
-        Ok(ops::LayerNorm::new(
+    fn layer_norm(&mut self, prefix: &str, width: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
             self.take(&format!("{prefix}.weight"), &[width])?,
             self.take(&format!("{prefix}.bias"), &[width])?,
             LAYER_NORM_EPS,
@@ -471,12 +472,12 @@ pub struct Dinov2Encoder {
     id: String,
     fingerprint: String,
     /// Patch projection as a linear map of flattened `[3,14,14]` patches: `[588] -> [D]`.
-    patch_embedding: ops::Linear,
+    patch_embedding: FrozenLinear,
     cls_token: Tensor,
     /// Position embeddings for the input grid, `[1, 1 + g*g, D]`.
     position_embeddings: Tensor,
     blocks: Vec<Block>,
-    layernorm: ops::LayerNorm,
+    layernorm: LayerNorm,
 }
 
 impl Dinov2Encoder {
@@ -699,7 +700,7 @@ impl Block {
     fn forward(&self, x: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
         let tokens = x.dim(0)? / batch;
         let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
-        let attended = ops::attention(&qkv, batch, heads, tokens)?;
+        let attended = attention(&qkv, batch, heads, tokens)?;
         let x = self.attention_output.forward_residual(&attended, x)?;
         let hidden = self.fc1.forward_exact_gelu(&self.norm2.forward(&x)?)?;
         self.fc2.forward_residual(&hidden, &x)

@@ -1,6 +1,6 @@
-//! The trainable part of CAFE: the mask generator ([`resnet`]), the head with its training
-//! losses ([`cafe`]), the layers candle cannot train as shipped ([`ops`]), and where a new
-//! model's starting tensors come from ([`init_var_builder`]).
+//! The trainable part of CAFE: the mask generator ([`resnet`], on the layers candle cannot
+//! train as shipped, in [`crate::kernels`]), the head with its training losses ([`cafe`]),
+//! and where a new model's starting tensors come from ([`init_var_builder`]).
 //!
 //! Tensor names follow PyTorch: the ResNet-18 mask generator under torchvision's names at
 //! the root (`conv1.weight`, `layer2.0.downsample.1.running_var`, ...), the classifier as
@@ -38,7 +38,6 @@ pub mod bundle;
 pub mod cafe;
 pub mod classifier;
 pub mod inference;
-pub mod ops;
 pub mod resnet;
 
 pub use cafe::{drop_vector, Cafe, CafeConfig, CafeHead, CafeLosses, MaskNet};

@@ -11,7 +11,7 @@
 //! model: evaluation, checkpoints, bundles.
 
 use crate::error::{Error, Result};
-use crate::model::ops::{matmul, Mat, PARALLEL_WORK};
+use crate::kernels::{strided_product, MatrixView, STRIDED_PRODUCT_MIN_PARALLEL_WORK};
 use crate::model::{CafeConfig, Linear, NamedVar};
 use crate::train::fit::Batch;
 use crate::train::optim::{self, Adam, AdamConfig};
@@ -86,15 +86,15 @@ impl Param {
 }
 
 /// A linear layer `y = x W^T + b` in plain memory.
-struct Dense {
+struct HostLinear {
     weight: Param,
     bias: Param,
     input: usize,
     output: usize,
 }
 
-impl Dense {
-    fn check_out(layer: &Linear, adam: &Adam) -> Result<Dense> {
+impl HostLinear {
+    fn check_out(layer: &Linear, adam: &Adam) -> Result<HostLinear> {
         let weight = Param::check_out(&layer.weight, adam)?;
         let bias = Param::check_out(&layer.bias, adam)?;
         let (output, input) = match weight.dims.as_slice() {
@@ -106,7 +106,7 @@ impl Dense {
                 )))
             }
         };
-        Ok(Dense {
+        Ok(HostLinear {
             weight,
             bias,
             input,
@@ -117,14 +117,14 @@ impl Dense {
     /// `x` [rows, input] to [rows, output].
     fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let mut y = vec![0.0f32; rows * self.output];
-        matmul(
+        strided_product(
             rows,
             self.output,
             self.input,
             &mut y,
             false,
-            Mat::rows(x, self.input),
-            Mat::transposed(&self.weight.value, self.input),
+            MatrixView::rows(x, self.input),
+            MatrixView::transposed(&self.weight.value, self.input),
         )?;
         for row in y.chunks_exact_mut(self.output) {
             for (v, b) in row.iter_mut().zip(&self.bias.value) {
@@ -147,21 +147,21 @@ impl Dense {
         let weight_grad = &mut self.weight.grad;
         let weight = &self.weight.value;
         // The two products are independent: one on each core when they are large enough.
-        let join = if rows * input * output >= PARALLEL_WORK {
+        let join = if rows * input * output >= STRIDED_PRODUCT_MIN_PARALLEL_WORK {
             rayon::join
         } else {
             sequentially
         };
         let (dw, dx) = join(
             || {
-                matmul(
+                strided_product(
                     output,
                     input,
                     rows,
                     weight_grad,
                     false,
-                    Mat::transposed(dy, output),
-                    Mat::rows(x, input),
+                    MatrixView::transposed(dy, output),
+                    MatrixView::rows(x, input),
                 )
             },
             || -> Result<Option<Vec<f32>>> {
@@ -169,14 +169,14 @@ impl Dense {
                     return Ok(None);
                 }
                 let mut dx = vec![0.0f32; rows * input];
-                matmul(
+                strided_product(
                     rows,
                     input,
                     output,
                     &mut dx,
                     false,
-                    Mat::rows(dy, output),
-                    Mat::rows(weight, input),
+                    MatrixView::rows(dy, output),
+                    MatrixView::rows(weight, input),
                 )?;
                 Ok(Some(dx))
             },
@@ -252,9 +252,9 @@ fn group_max(x: &[f32], dim: usize, classes: usize, group: usize) -> (Vec<f32>, 
 
 /// The training step of a [`FusedModel`] on plain buffers.
 pub struct FusedStep {
-    generator: Vec<Dense>,
+    generator: Vec<HostLinear>,
     final_relu: bool,
-    fc: Dense,
+    fc: HostLinear,
     cafe: Option<CafeConfig>,
 }
 
@@ -265,10 +265,10 @@ impl FusedStep {
             generator: model
                 .generator
                 .iter()
-                .map(|l| Dense::check_out(l, adam))
+                .map(|l| HostLinear::check_out(l, adam))
                 .collect::<Result<_>>()?,
             final_relu: model.final_relu,
-            fc: Dense::check_out(&model.fc, adam)?,
+            fc: HostLinear::check_out(&model.fc, adam)?,
             cafe: model.cafe,
         })
     }
