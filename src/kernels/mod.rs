@@ -20,7 +20,9 @@
 //!   ([`host_slices`], [`simd`]) with the same maths as candle operations for any other
 //!   device or dtype: [`FrozenLinear`] with its [`gelu`] activations, [`LayerNorm`],
 //!   [`attention`].
+//! - Adam's update loop on plain memory ([`adam`]).
 
+mod adam;
 mod attention;
 mod batch_norm;
 mod conv;
@@ -45,5 +47,6 @@ pub use linear::FrozenLinear;
 pub use pool::max_pool2d;
 pub use relu::relu;
 
+pub(crate) use adam::AdamConstants;
 pub(crate) use gemm::{strided_product, MatrixView};
 pub(crate) use threading::STRIDED_PRODUCT_MIN_PARALLEL_WORK;

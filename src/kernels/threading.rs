@@ -15,3 +15,7 @@ pub(crate) const PACKING_MIN_PARALLEL_LEN: usize = 1 << 16;
 /// choice to run its two backward products side by side: products of fewer multiply-adds
 /// run on the calling thread (fast mode's small layers at batch 32 stay there).
 pub(crate) const STRIDED_PRODUCT_MIN_PARALLEL_WORK: usize = 1 << 24;
+
+/// Adam's update ([`super::adam`]) runs on chunks of this many values, one task each; a
+/// parameter no larger is updated on the calling thread.
+pub(crate) const ADAM_CHUNK_LEN: usize = 1 << 18;
