@@ -19,7 +19,13 @@
 //! - The frozen encoders' layers, fused kernels on f32 slices in CPU memory
 //!   ([`host_slices`], [`simd`]) with the same maths as candle operations for any other
 //!   device or dtype: [`FrozenLinear`] with its [`gelu`] activations, [`LayerNorm`],
-//!   [`attention`].
+//!   [`attention`]. Composed from candle operations, the encoders spend much of a forward
+//!   pass outside the matrix products: separate passes and allocations for the bias, the
+//!   residual, the activation, the head split and the softmax, most of them
+//!   single-threaded, with libm's scalar `exp`. The fused kernels add the bias and the
+//!   residual as the product is stored, apply the activation in place with a vectorised
+//!   `exp`, and run attention per (image, head) straight on the fused q/k/v projection
+//!   with no copies.
 //! - Adam's update loop on plain memory ([`adam`]).
 
 mod adam;
