@@ -3,7 +3,6 @@
 pub mod clip;
 pub mod dinov2;
 pub mod features;
-pub mod ops;
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};

@@ -5,7 +5,8 @@
 //! - [`cafe`]: CAFE's head with its training losses, and the ResNet-18 mask generator.
 //! - [`classifier`]: every method (CAFE, its ablations, the baselines) as one model type,
 //!   [`Classifier`], described by a [`ModelSpec`] that the bundle records.
-//! - [`resnet`]: ResNet-18 under torchvision's names, and its checkpoint reader.
+//! - [`resnet`]: ResNet-18 under torchvision's names, and its checkpoint reader; the layers
+//!   candle cannot train as shipped are in [`crate::kernels`].
 //! - [`batch`]: [`Batch`] and [`Trainable`], what training, evaluation and inference share.
 //! - [`bundle`]: the one-file model bundle; [`inference`]: a bundle with its encoder, ready
 //!   to classify images.
@@ -54,7 +55,6 @@ pub mod bundle;
 pub mod cafe;
 pub mod classifier;
 pub mod inference;
-pub mod ops;
 pub mod resnet;
 
 pub use batch::{argmax, model_tensors, Batch, HostLayers, Trainable};

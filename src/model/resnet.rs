@@ -3,9 +3,10 @@
 //! training (momentum 0.1, eps 1e-5, unbiased variance for the running average, as
 //! PyTorch) and uses the running averages in evaluation.
 
-use super::{get_var, ops, NamedVar};
+use super::{get_var, NamedVar};
 use crate::error::{Error, Result};
 use crate::formats::pytorch::read_tensors;
+use crate::kernels::{batch_norm_train, conv2d, max_pool2d, relu};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;
@@ -53,7 +54,7 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::conv2d(
+        Ok(conv2d(
             x,
             self.weight.1.as_tensor(),
             self.stride,
@@ -109,7 +110,7 @@ impl BatchNorm2d {
                 x.dims()
             )));
         }
-        let (y, mean, var) = ops::batch_norm_train(
+        let (y, mean, var) = batch_norm_train(
             x,
             self.weight.1.as_tensor(),
             self.bias.1.as_tensor(),
@@ -164,14 +165,14 @@ impl BasicBlock {
 
     /// `final_relu` false leaves out the ReLU after the residual sum.
     fn forward_t(&self, x: &Tensor, train: bool, final_relu: bool) -> Result<Tensor> {
-        let y = ops::relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let y = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
         let shortcut = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
         let sum = (y + shortcut)?;
-        Ok(if final_relu { ops::relu(&sum)? } else { sum })
+        Ok(if final_relu { relu(&sum)? } else { sum })
     }
 
     fn batch_norms(&self) -> Vec<&BatchNorm2d> {
@@ -231,8 +232,8 @@ impl ResNet18 {
     /// batch statistics (and updates the running ones). `final_relu` false leaves out the
     /// very last ReLU, so the output can be negative (the unrestricted mask).
     pub fn forward_t(&self, x: &Tensor, train: bool, final_relu: bool) -> Result<Tensor> {
-        let x = ops::relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
-        let mut x = ops::max_pool2d(&x, 3, 2, 1)?;
+        let x = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let mut x = max_pool2d(&x, 3, 2, 1)?;
         let last = self.blocks.len() - 1;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward_t(&x, train, final_relu || i != last)?;

@@ -11,7 +11,7 @@
 //! ([`Step::synced`]): evaluation, checkpoints, bundles.
 
 use crate::error::{Error, Result};
-use crate::model::ops::{matmul, Mat, PARALLEL_WORK};
+use crate::kernels::{strided_product, MatrixView, STRIDED_PRODUCT_MIN_PARALLEL_WORK};
 use crate::model::{argmax, Batch, CafeConfig, HostLayers, Linear, NamedVar, Trainable};
 use crate::train::optim::{self, Adam, AdamConfig};
 use crate::train::step::{Step, StepOutcome, Synced};
@@ -104,14 +104,14 @@ impl HostLinear {
     /// `x` [rows, input] to [rows, output].
     fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let mut y = vec![0.0f32; rows * self.output];
-        matmul(
+        strided_product(
             rows,
             self.output,
             self.input,
             &mut y,
             false,
-            Mat::rows(x, self.input),
-            Mat::transposed(&self.weight.value, self.input),
+            MatrixView::rows(x, self.input),
+            MatrixView::transposed(&self.weight.value, self.input),
         )?;
         for row in y.chunks_exact_mut(self.output) {
             for (v, b) in row.iter_mut().zip(&self.bias.value) {
@@ -134,21 +134,21 @@ impl HostLinear {
         let weight_grad = &mut self.weight.grad;
         let weight = &self.weight.value;
         // The two products are independent: one on each core when they are large enough.
-        let join = if rows * input * output >= PARALLEL_WORK {
+        let join = if rows * input * output >= STRIDED_PRODUCT_MIN_PARALLEL_WORK {
             rayon::join
         } else {
             sequentially
         };
         let (dw, dx) = join(
             || {
-                matmul(
+                strided_product(
                     output,
                     input,
                     rows,
                     weight_grad,
                     false,
-                    Mat::transposed(dy, output),
-                    Mat::rows(x, input),
+                    MatrixView::transposed(dy, output),
+                    MatrixView::rows(x, input),
                 )
             },
             || -> Result<Option<Vec<f32>>> {
@@ -156,14 +156,14 @@ impl HostLinear {
                     return Ok(None);
                 }
                 let mut dx = vec![0.0f32; rows * input];
-                matmul(
+                strided_product(
                     rows,
                     input,
                     output,
                     &mut dx,
                     false,
-                    Mat::rows(dy, output),
-                    Mat::rows(weight, input),
+                    MatrixView::rows(dy, output),
+                    MatrixView::rows(weight, input),
                 )?;
                 Ok(Some(dx))
             },

@@ -6,10 +6,10 @@
 
 use crate::error::{Error, Result};
 use crate::formats::tensorfile::{self, TensorFile};
+use crate::kernels::AdamConstants;
 use crate::model::NamedVar;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -261,7 +261,8 @@ impl Adam {
 }
 
 /// [`Adam::step`]'s update of one parameter held in plain memory (`step` already counts
-/// this update), with the same f32 operations in the same order as the tensor version.
+/// this update), with the same f32 operations in the same order as the tensor version:
+/// the step's constants computed here, applied by [`crate::kernels::AdamConstants`].
 pub fn update_slice(
     cfg: &AdamConfig,
     step: u64,
@@ -281,64 +282,7 @@ pub fn update_slice(
         eps: cfg.eps as f32,
         step_size: (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32,
     };
-    // Small parameters stay on the calling thread (see `ops::PARALLEL_WORK`).
-    const CHUNK: usize = 1 << 18;
-    if value.len() <= CHUNK {
-        return constants.apply(value, grad, exp_avg, exp_avg_sq);
-    }
-    value
-        .par_chunks_mut(CHUNK)
-        .zip(grad.par_chunks(CHUNK))
-        .zip(exp_avg.par_chunks_mut(CHUNK))
-        .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| constants.apply(p, g, m, v));
-}
-
-/// Adam's per-step scalars in f32, as the tensor version applies them.
-#[derive(Clone, Copy)]
-struct AdamConstants {
-    weight_decay: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    inverse_bias_correction2_sqrt: f32,
-    eps: f32,
-    step_size: f32,
-}
-
-impl AdamConstants {
-    fn apply(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor has AVX2, checked just above.
-            return unsafe { self.apply_avx2(p, g, m, v) };
-        }
-        self.apply_portable(p, g, m, v)
-    }
-
-    /// The same loop compiled for AVX2, which vectorises it eight lanes wide; no FMA, so
-    /// the rounding is that of the separate multiplications and additions.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn apply_avx2(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        self.apply_portable(p, g, m, v)
-    }
-
-    #[inline(always)]
-    fn apply_portable(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let n = p.len();
-        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-        let c = self;
-        for i in 0..n {
-            // PyTorch adds the L2 term only when weight_decay != 0; adding 0 * p changes
-            // nothing but a -0.0 gradient, which the moments never see as different.
-            let grad = g[i] + p[i] * c.weight_decay;
-            m[i] += (grad - m[i]) * c.one_minus_beta1;
-            v[i] = v[i] * c.beta2 + grad * grad * c.one_minus_beta2;
-            let denom = v[i].sqrt() * c.inverse_bias_correction2_sqrt + c.eps;
-            p[i] -= (m[i] / denom) * c.step_size;
-        }
-    }
+    constants.update(value, grad, exp_avg, exp_avg_sq);
 }
 
 /// PyTorch's `ExponentialLR`: each [`ExponentialLr::step`] (once per epoch) multiplies

@@ -1,8 +1,9 @@
-//! `x · wᵀ + bias (+ residual)` for f32 row-major matrices on the CPU: the linear layers
-//! of the frozen encoders, whose weight `w` (PyTorch's `[out, in]`) never changes, and the
-//! mask network's convolutions, whose image patches are written straight into the panel
-//! layout below ([`PackedWeight::fill_panels`], `model::ops::conv_panels`) and whose
-//! weight is packed once per batch ([`PackedRows`]).
+//! The packed matrix product: `x · wᵀ + bias (+ residual)` for f32 row-major matrices on
+//! the CPU. It serves the linear layers of the frozen encoders ([`super::FrozenLinear`]),
+//! whose weight `w` (PyTorch's `[out, in]`) never changes, and the convolutions
+//! ([`super::conv2d`]), whose image patches are written straight into the panel layout
+//! below ([`PackedWeight::fill_panels`], `super::conv_panels`) and whose weight is packed
+//! once per batch ([`PackedRows`]).
 //!
 //! On AVX2+FMA machines without AVX-512 a kernel of our own runs, laid out as ONNX
 //! Runtime's MLAS lays out its f32 products: the weight is repacked once, when the layer
@@ -11,9 +12,10 @@
 //! 6x16 block of results in 12 AVX registers, and adds the bias and the residual as the
 //! block is first stored. Elsewhere the `gemm` crate runs on the weight as given (its AVX-512
 //! kernels are the better choice where they exist, and no AVX-512 machine was at hand to
-//! tune ours). Measured on the 2-core AVX2 machine of README's Speed section, `gemm`
-//! repacked the weights on every call (about 7% of a ViT-B/32 forward) and its products
-//! ran at 90-120 GFLOP/s where OpenBLAS's run at 140-155.
+//! tune ours). On the AVX2 machines it replaces, the `gemm` crate repacked the weights on
+//! every call and its products ran slower than OpenBLAS's.
+
+use super::threading::{PACKED_PRODUCT_MIN_PARALLEL_WORK, PACKING_MIN_PARALLEL_LEN};
 
 /// Output columns per weight panel: two AVX vectors.
 pub(crate) const PANEL: usize = 16;
@@ -25,10 +27,6 @@ const DEPTH: usize = 256;
 /// Rows per pass: `ROWS_PER_PASS x DEPTH` floats of `x` (192 KiB) stay in the L2 cache
 /// while a thread walks its panels.
 const ROWS_PER_PASS: usize = 192;
-/// Below this many multiply-adds a product runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 20;
-/// Below this many floats a packing runs on the calling thread.
-const PARALLEL_PACKING: usize = 1 << 16;
 
 /// The right-hand side of a product, a weight `[out, in]` (PyTorch's layout for a linear
 /// layer), in the layout the product reads.
@@ -80,7 +78,7 @@ impl PackedWeight {
         if panel_len == 0 {
             return;
         }
-        if self.data.len() < PARALLEL_PACKING {
+        if self.data.len() < PACKING_MIN_PARALLEL_LEN {
             let chunks = self.data.chunks_mut(panel_len).enumerate();
             chunks.for_each(|(i, panel)| fill(i, panel));
         } else {
@@ -146,7 +144,7 @@ impl PackedRows {
         let data = if groups {
             #[cfg(target_arch = "x86_64")]
             {
-                avx2::pack_rows(x, rows, depth, rows * depth >= PARALLEL_PACKING)
+                avx2::pack_rows(x, rows, depth, rows * depth >= PACKING_MIN_PARALLEL_LEN)
             }
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("our kernel runs on x86_64 only")
@@ -175,7 +173,7 @@ fn own_kernel_available() -> bool {
 
 /// What the sums of a product start from.
 #[derive(Clone, Copy)]
-pub(crate) enum Start<'a> {
+pub(crate) enum OutputStart<'a> {
     /// `bias[out]` on every row, plus `residual[rows, out]` when given.
     Bias(&'a [f32], Option<&'a [f32]>),
     /// Zero.
@@ -192,7 +190,7 @@ pub(crate) fn linear(
     bias: &[f32],
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    let start = Start::Bias(bias, residual);
+    let start = OutputStart::Bias(bias, residual);
     let len = rows * weight.out;
     check_shapes(x.len(), rows, weight, start, len);
     #[cfg(target_arch = "x86_64")]
@@ -216,7 +214,12 @@ pub(crate) fn linear(
 }
 
 /// `y[rows, out] = start + x · weightᵀ`, all row-major.
-pub(crate) fn product_into(x: &PackedRows, weight: &PackedWeight, start: Start, y: &mut [f32]) {
+pub(crate) fn product_into(
+    x: &PackedRows,
+    weight: &PackedWeight,
+    start: OutputStart,
+    y: &mut [f32],
+) {
     check_shapes(x.rows * x.depth, x.rows, weight, start, y.len());
     assert_eq!(
         x.depth, weight.depth,
@@ -242,10 +245,10 @@ pub(crate) fn product_into(x: &PackedRows, weight: &PackedWeight, start: Start, 
 
 /// Writes the values a product's sums start from into `y` `[rows, out]`, for the `gemm`
 /// crate's path (and empty depths), which adds the product onto them.
-fn begin(start: Start, y: &mut [f32], out: usize) {
+fn begin(start: OutputStart, y: &mut [f32], out: usize) {
     let out = out.max(1);
     match start {
-        Start::Bias(bias, residual) => {
+        OutputStart::Bias(bias, residual) => {
             for (i, row) in y.chunks_exact_mut(out).enumerate() {
                 row.copy_from_slice(bias);
                 if let Some(residual) = residual {
@@ -254,16 +257,22 @@ fn begin(start: Start, y: &mut [f32], out: usize) {
                 }
             }
         }
-        Start::Zero => y.fill(0.0),
-        Start::Output => {}
+        OutputStart::Zero => y.fill(0.0),
+        OutputStart::Output => {}
     }
 }
 
-fn check_shapes(x_len: usize, rows: usize, weight: &PackedWeight, start: Start, y_len: usize) {
+fn check_shapes(
+    x_len: usize,
+    rows: usize,
+    weight: &PackedWeight,
+    start: OutputStart,
+    y_len: usize,
+) {
     let (out, depth) = (weight.out, weight.depth);
     assert_eq!(x_len, rows * depth, "x is not [{rows}, {depth}]");
     assert_eq!(y_len, rows * out, "the output is not [{rows}, {out}]");
-    if let Start::Bias(bias, residual) = start {
+    if let OutputStart::Bias(bias, residual) = start {
         assert_eq!(bias.len(), out, "the bias is not [{out}]");
         assert!(
             residual.is_none_or(|r| r.len() == rows * out),
@@ -277,7 +286,7 @@ fn gemm_crate(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize)
     if m * n * k == 0 {
         return;
     }
-    let parallelism = if m * n * k < PARALLEL_WORK {
+    let parallelism = if m * n * k < PACKED_PRODUCT_MIN_PARALLEL_WORK {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -312,24 +321,30 @@ fn gemm_crate(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize)
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        PackedRows, PackedWeight, Start, DEPTH, PANEL, PARALLEL_WORK, ROWS, ROWS_PER_PASS,
+        OutputStart, PackedRows, PackedWeight, DEPTH, PACKED_PRODUCT_MIN_PARALLEL_WORK, PANEL,
+        ROWS, ROWS_PER_PASS,
     };
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     /// The output, shared by the threads; each writes only the columns of its panels.
     struct Output(*mut f32);
-    // SAFETY: threads write disjoint column ranges (see `linear`).
+    // SAFETY: the threads of `product` write disjoint column ranges through it.
     unsafe impl Sync for Output {}
 
     /// # Safety
     /// The CPU must have AVX2 and FMA; `x` holds row groups and `weight` panels of the
     /// same depth; `y` has room for `[x.rows, weight.out]` and, when `start` is
-    /// [`Start::Output`], holds values.
-    pub(super) unsafe fn product(x: &PackedRows, weight: &PackedWeight, start: Start, y: *mut f32) {
+    /// [`OutputStart::Output`], holds values.
+    pub(super) unsafe fn product(
+        x: &PackedRows,
+        weight: &PackedWeight,
+        start: OutputStart,
+        y: *mut f32,
+    ) {
         let (rows, out, depth) = (x.rows, weight.out, weight.depth);
         let panels = out.div_ceil(PANEL);
-        let tasks = if rows * out * depth < PARALLEL_WORK {
+        let tasks = if rows * out * depth < PACKED_PRODUCT_MIN_PARALLEL_WORK {
             1
         } else {
             rayon::current_num_threads().clamp(1, panels)
@@ -350,11 +365,11 @@ mod avx2 {
                             stride: out,
                             // Later passes add to what the first one stored.
                             start: match (k0, start) {
-                                (0, Start::Bias(bias, residual)) => {
-                                    Start::Bias(&bias[n0..], residual.map(|r| &r[n0..]))
+                                (0, OutputStart::Bias(bias, residual)) => {
+                                    OutputStart::Bias(&bias[n0..], residual.map(|r| &r[n0..]))
                                 }
                                 (0, start) => start,
-                                _ => Start::Output,
+                                _ => OutputStart::Output,
                             },
                         };
                         let b = weight.data[(panel * depth + k0) * PANEL..].as_ptr();
@@ -387,9 +402,8 @@ mod avx2 {
     }
 
     /// `x` as groups of 6 rows, each laid out `[depth][6]` (the last zero-padded), so the
-    /// kernel reads one stream instead of six rows: about 10% faster on the widest layers
-    /// in interleaved single-thread runs (six streams a large power-of-two stride apart
-    /// share cache sets, the likely reason).
+    /// kernel reads one stream instead of six rows: faster on the widest layers, whose six
+    /// streams a large power-of-two stride apart would share cache sets.
     pub(super) fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
         let len = rows.div_ceil(ROWS) * ROWS * depth;
         if len == 0 {
@@ -428,9 +442,16 @@ mod avx2 {
         /// Row stride of the output (and the residual).
         stride: usize,
         /// What the sums start from, bias and residual from this panel's first column on.
-        start: Start<'a>,
+        start: OutputStart<'a>,
     }
 
+    /// One 6x16 block: `valid_rows` rows of `y` (row stride `tile.stride`) get the sums of
+    /// `depth` steps of a row group against a panel, started as `tile.start` says.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `a` has `depth x 6` floats, `b` `depth x 16`; `y`
+    /// and the residual, if any, have `valid_rows` rows of `tile.columns` floats at
+    /// `tile.stride`, the bias `tile.columns` floats.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel(
         depth: usize,
@@ -457,7 +478,7 @@ mod avx2 {
         let columns = tile.columns;
         let rows = acc.iter().enumerate().take(valid_rows);
         match tile.start {
-            Start::Bias(bias, residual) => {
+            OutputStart::Bias(bias, residual) => {
                 let (b0, b1) = load(bias.as_ptr(), columns);
                 for (r, acc) in rows {
                     let (s0, s1) = match residual {
@@ -472,12 +493,12 @@ mod avx2 {
                     store(y.add(r * tile.stride), columns, sums);
                 }
             }
-            Start::Zero => {
+            OutputStart::Zero => {
                 for (r, acc) in rows {
                     store(y.add(r * tile.stride), columns, (acc[0], acc[1]));
                 }
             }
-            Start::Output => {
+            OutputStart::Output => {
                 for (r, acc) in rows {
                     let y_row = y.add(r * tile.stride);
                     let (y0, y1) = load(y_row, columns);
@@ -489,6 +510,9 @@ mod avx2 {
     }
 
     /// 16 floats from `p`, of which the first `columns` are read (the rest are zero).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `p` has `columns` (at most 16) floats to read.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load(p: *const f32, columns: usize) -> (__m256, __m256) {
         if columns == PANEL {
@@ -503,6 +527,9 @@ mod avx2 {
     }
 
     /// The first `columns` of 16 floats to `p`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `p` has room for `columns` (at most 16) floats.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn store(p: *mut f32, columns: usize, (v0, v1): (__m256, __m256)) {
         if columns == PANEL {
@@ -593,10 +620,10 @@ mod tests {
                     Box::new(move |i, j| bias[j] as f64 + residual[i * n + j] as f64),
                 ));
                 let mut y = held.clone();
-                product_into(rows, weight, Start::Zero, &mut y);
+                product_into(rows, weight, OutputStart::Zero, &mut y);
                 results.push((format!("{path} from zero"), y, Box::new(|_, _| 0.0)));
                 let mut y = held.clone();
-                product_into(rows, weight, Start::Output, &mut y);
+                product_into(rows, weight, OutputStart::Output, &mut y);
                 results.push((
                     format!("{path} onto the output"),
                     y,

@@ -1,5 +1,5 @@
-//! The f32 convolution of [`super::conv2d`] on gfer's own matrix kernel
-//! ([`crate::matmul`]), on the machines where that kernel runs. The image patches
+//! The f32 convolution of [`super::conv2d`] on gfer's packed matrix kernel
+//! ([`super::matmul`]), on the machines where that kernel runs. The image patches
 //! (im2col) are written straight into the kernel's 16-column panels, so no product
 //! repacks them, and each convolution's weight is packed once for the whole batch.
 //!
@@ -15,8 +15,8 @@
 //! Each returns `None` where the kernel does not run; the caller then takes the generic
 //! path (`gemm` crate), which the f64 replay of the parity tests takes too.
 
-use super::{Conv, Geometry};
-use crate::matmul::{product_into, PackedRows, PackedWeight, Start, PANEL};
+use super::conv::{Conv, Geometry};
+use super::matmul::{product_into, OutputStart, PackedRows, PackedWeight, PANEL};
 
 impl Conv {
     pub(super) fn forward_on_panels(
@@ -35,7 +35,7 @@ impl Conv {
             } else {
                 patches.fill_panels(|index, panel| self.pixel_panel(g, image, index, panel));
             }
-            product_into(&weight, &patches, Start::Zero, out);
+            product_into(&weight, &patches, OutputStart::Zero, out);
         }
         Some(out)
     }
@@ -61,9 +61,9 @@ impl Conv {
         {
             grads.pack_transposed(grad_out);
             if pointwise {
-                product_into(&weight, &grads, Start::Zero, grad_image);
+                product_into(&weight, &grads, OutputStart::Zero, grad_image);
             } else {
-                product_into(&weight, &grads, Start::Zero, &mut patches);
+                product_into(&weight, &grads, OutputStart::Zero, &mut patches);
                 self.col2im(g, &patches, grad_image);
             }
         }
@@ -89,7 +89,11 @@ impl Conv {
             } else {
                 patches.fill_panels(|index, panel| self.patch_row_panel(g, image, index, panel));
             }
-            let start = if i == 0 { Start::Zero } else { Start::Output };
+            let start = if i == 0 {
+                OutputStart::Zero
+            } else {
+                OutputStart::Output
+            };
             product_into(
                 &PackedRows::new(grad_out, g.cout, p),
                 &patches,

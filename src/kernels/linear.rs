@@ -1,0 +1,244 @@
+//! The frozen encoders' linear layers ([`FrozenLinear`]), with the activation or residual
+//! that follows them fused in. On the CPU with contiguous f32 tensors the weight is held
+//! packed for gfer's matrix kernel ([`super::matmul`]), which adds the bias and the
+//! residual as it stores each block of the product, and the activation runs in place
+//! ([`super::gelu`]); anywhere else (CUDA, other dtypes) the same maths runs as candle
+//! operations ([`composed`]). Both are tested against each other.
+
+use super::gelu;
+use super::host_slices::{from_host, on_host};
+use super::matmul::PackedWeight;
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+
+/// A frozen linear layer, `x [N, in] @ weight[out, in]^T + bias` -> `[N, out]`. A weight
+/// in CPU memory in f32 is held only in the layout of the packed matrix kernel
+/// ([`super::matmul`]); any other stays a tensor for the composed candle operations.
+pub struct FrozenLinear(Weights);
+
+enum Weights {
+    Host {
+        weight: PackedWeight,
+        bias: Vec<f32>,
+    },
+    Tensors {
+        weight: Tensor,
+        bias: Tensor,
+    },
+}
+
+/// What is applied to the layer's output, in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    None,
+    QuickGelu,
+    ExactGelu,
+}
+
+impl FrozenLinear {
+    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let (out, depth) = weight.dims2()?;
+        if bias.dims() != [out] {
+            return Err(Error::config(format!(
+                "linear layer: bias shape {:?} does not match weight shape [{out}, {depth}]",
+                bias.dims()
+            )));
+        }
+        let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        Ok(Self(if host(&weight) && host(&bias) {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            Weights::Host {
+                weight: PackedWeight::new(&values, out, depth),
+                bias: bias.to_vec1()?,
+            }
+        } else {
+            Weights::Tensors { weight, bias }
+        }))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, Activation::None)
+    }
+
+    /// `quick_gelu(self.forward(x))`.
+    pub fn forward_quick_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, Activation::QuickGelu)
+    }
+
+    /// `gelu(self.forward(x))` with the exact erf (DINOv2's MLP).
+    pub fn forward_exact_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None, Activation::ExactGelu)
+    }
+
+    /// `residual + self.forward(x)`.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.apply(x, Some(residual), Activation::None)
+    }
+
+    fn apply(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        match &self.0 {
+            Weights::Host { weight, bias } => {
+                let (rows, depth) = x.dims2()?;
+                if depth != weight.depth() {
+                    return Err(Error::config(format!(
+                        "linear layer [{}, {}]: input is {:?}, expected [N, {}]",
+                        weight.out(),
+                        weight.depth(),
+                        x.dims(),
+                        weight.depth()
+                    )));
+                }
+                if let Some(residual) = residual {
+                    if residual.dims() != [rows, weight.out()] {
+                        return Err(Error::config(format!(
+                            "linear layer: residual is {:?}, expected [{rows}, {}]",
+                            residual.dims(),
+                            weight.out()
+                        )));
+                    }
+                }
+                let x = host_f32(x)?;
+                let data = match residual.map(host_f32).transpose()? {
+                    Some(r) => on_host([&x, &r], |[xs, rs]| {
+                        host::linear(xs, rows, weight, bias, Some(rs), activation)
+                    }),
+                    None => on_host([&x], |[xs]| {
+                        host::linear(xs, rows, weight, bias, None, activation)
+                    }),
+                }
+                .expect("host_f32 gives contiguous f32 CPU tensors");
+                from_host(data, rows, weight.out())
+            }
+            Weights::Tensors { weight, bias } => {
+                let y = composed::linear(x, weight, bias)?;
+                match (residual, activation) {
+                    (Some(residual), _) => Ok((y + residual)?),
+                    (None, Activation::QuickGelu) => gelu::composed::quick_gelu(&y),
+                    (None, Activation::ExactGelu) => Ok(y.gelu_erf()?),
+                    (None, Activation::None) => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+/// `x` as a contiguous f32 tensor in CPU memory (as it is already, on the CPU path).
+fn host_f32(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return Err(Error::config(format!(
+            "linear layer: weights in CPU memory, input on {:?}",
+            x.device()
+        )));
+    }
+    Ok(x.to_dtype(DType::F32)?.contiguous()?)
+}
+
+/// The layer composed from candle tensor operations (any device or dtype).
+mod composed {
+    use crate::error::Result;
+    use candle_core::Tensor;
+
+    pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?)
+    }
+}
+
+/// The fused layer on f32 slices in CPU memory.
+mod host {
+    use super::super::gelu;
+    use super::super::host_slices::rows_per_task;
+    use super::super::matmul::{self, PackedWeight};
+    use super::Activation;
+    use rayon::prelude::*;
+
+    /// `activation(x @ w^T + bias [+ residual])` with x `[rows, K]`, w `[O, K]`.
+    pub fn linear(
+        x: &[f32],
+        rows: usize,
+        w: &PackedWeight,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        activation: Activation,
+    ) -> Vec<f32> {
+        let mut y = matmul::linear(x, rows, w, bias, residual);
+        let chunks = y.par_chunks_mut(rows_per_task(rows) * w.out().max(1));
+        match activation {
+            Activation::None => {}
+            Activation::QuickGelu => chunks.for_each(gelu::host::quick_gelu),
+            Activation::ExactGelu => chunks.for_each(gelu::host::exact_gelu),
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::host_slices::{max_relative, random};
+    use super::*;
+
+    #[test]
+    fn host_linear_matches_the_composed_candle_ops() {
+        let (rows, k, out) = (37, 48, 72);
+        let (x, w, b) = (
+            random(&[rows, k], 1),
+            random(&[out, k], 2),
+            random(&[out], 3),
+        );
+        let residual = random(&[rows, out], 4);
+        let layer = FrozenLinear::new(w.clone(), b.clone()).unwrap();
+        let cases = [
+            (
+                "linear",
+                layer.forward(&x).unwrap(),
+                composed::linear(&x, &w, &b).unwrap(),
+            ),
+            (
+                "linear_quick_gelu",
+                layer.forward_quick_gelu(&x).unwrap(),
+                gelu::composed::quick_gelu(&composed::linear(&x, &w, &b).unwrap()).unwrap(),
+            ),
+            (
+                "linear_exact_gelu",
+                layer.forward_exact_gelu(&x).unwrap(),
+                composed::linear(&x, &w, &b).unwrap().gelu_erf().unwrap(),
+            ),
+            (
+                "linear_residual",
+                layer.forward_residual(&x, &residual).unwrap(),
+                (composed::linear(&x, &w, &b).unwrap() + &residual).unwrap(),
+            ),
+        ];
+        for (name, fast, reference) in cases {
+            let err = max_relative(&fast, &reference);
+            assert!(err < 1e-5, "{name}: relative error {err:e}");
+        }
+    }
+
+    #[test]
+    fn wrong_input_shapes_are_errors_that_give_both_shapes() {
+        let layer = FrozenLinear::new(random(&[4, 8], 1), random(&[4], 2)).unwrap();
+        let err = layer.forward(&random(&[3, 7], 3)).unwrap_err().to_string();
+        assert!(err.contains("[3, 7]") && err.contains("[N, 8]"), "{err}");
+        let residual = random(&[3, 5], 4);
+        let err = layer
+            .forward_residual(&random(&[3, 8], 5), &residual)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[3, 5]") && err.contains("[3, 4]"), "{err}");
+    }
+
+    #[test]
+    fn tensors_off_the_host_fast_path_take_the_composed_one() {
+        let x = random(&[5, 8], 6).to_dtype(DType::F64).unwrap();
+        let w = random(&[4, 8], 7).to_dtype(DType::F64).unwrap();
+        let b = random(&[4], 8).to_dtype(DType::F64).unwrap();
+        let y = FrozenLinear::new(w, b).unwrap().forward(&x).unwrap();
+        assert_eq!(y.dtype(), DType::F64);
+        assert_eq!(y.dims(), &[5, 4]);
+    }
+}
