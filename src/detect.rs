@@ -6,6 +6,8 @@
 //! SeetaFace's frontal detector through the pure-Rust `rustface` crate; its model file
 //! (BSD-2-Clause, 1.2 MB) ships inside the rustface package, and build.rs compiles it into
 //! the binary, so detection needs no download and no path at run time.
+//!
+//! In the layers: beside the encoders, on the images; prediction uses it.
 
 use crate::error::{Error, Result};
 use image::RgbImage;

@@ -3,6 +3,9 @@
 //! preprocessing -> class probabilities, with the faces of many photos batched into one
 //! forward pass.
 //!
+//! In the layers: beside training and evaluation, on the model alone; `serve` and the demo
+//! use it.
+//!
 //! ```no_run
 //! # fn main() -> gfer::Result<()> {
 //! use gfer::predict::{PredictOptions, Predictor};

@@ -29,6 +29,8 @@
 //! Memory is bounded by the limits: at most `queue_capacity + max_batch + decoders`
 //! decoded images of at most `max_pixels` x 3 bytes each, plus `max_connections` bodies of
 //! at most `max_body_bytes`.
+//!
+//! In the layers: above the prediction pipeline, below the command line only.
 
 pub mod batcher;
 pub mod metrics;

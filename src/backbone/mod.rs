@@ -1,4 +1,9 @@
 //! Frozen image encoders ("fixed face models"): CLIP and DINOv2 behind one trait.
+//! Each encoder keeps its architecture in `mod.rs` and its checkpoint layouts in
+//! `checkpoint.rs`; [`features`] extracts a feature file from a set of images.
+//!
+//! In the layers: above the data, the images and the kernels; the model reads its
+//! features.
 
 pub mod clip;
 pub mod dinov2;

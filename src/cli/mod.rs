@@ -1,5 +1,7 @@
 //! The `gfer` command line: one small file per subcommand, parsing and printing only;
 //! the work happens in the library.
+//!
+//! In the layers: the top; it is the binary's, not the library's.
 
 use clap::{Parser, Subcommand};
 

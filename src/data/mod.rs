@@ -8,6 +8,9 @@
 //! images that are missing. A label line that does not parse is an error naming the file,
 //! the line number and the line, unless [`LoadOptions::skip_bad_lines`] is set, in which
 //! case it is collected in [`Dataset::bad_lines`].
+//!
+//! In the layers: beside [`crate::image`], at the bottom with the formats and kernels; the
+//! encoders, the model and everything above read its samples.
 
 mod affectnet;
 pub mod check;

@@ -4,6 +4,9 @@
 //! checked first). [`Preprocess`] turns that into the `[3,S,S]` f32 input of the
 //! encoders, reproducing Pillow/torchvision exactly (see [`resample`]): `cafe` is the
 //! authors' input, `clip` is CLIP's own. [`Augment`] is CAFE's training-time chain.
+//!
+//! In the layers: at the bottom with the data sets; training, evaluation and prediction
+//! all preprocess through it, so there is one preprocessing path.
 
 mod augment;
 mod decode;

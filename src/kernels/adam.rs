@@ -1,7 +1,7 @@
 //! The vectorised loop of Adam's update on parameters held in plain memory
-//! ([`AdamConstants::update`]). `crate::train::optim` computes the step's constants from
-//! its configuration and step count; this applies them with the same f32 operations in the
-//! same order as the tensor version of the update.
+//! ([`AdamConstants::update`]). The optimiser (`train/optim.rs`) computes the step's
+//! constants from its configuration and step count; this applies them with the same f32
+//! operations in the same order as the tensor version of the update.
 
 use super::threading::ADAM_CHUNK_LEN;
 use rayon::prelude::*;

@@ -11,10 +11,11 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalSource};
 use crate::formats::tensorfile::{self, TensorFile};
 use crate::model::{drop_vector, model_tensors, Batch, Trainable};
+use crate::train::fused::FusedStep;
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
 use crate::train::rng::{rng_for, RNG_DROP, RNG_SHUFFLE};
 use crate::train::run_folder::RunFolder;
-use crate::train::step::{self, Step, StepOutcome, Synced};
+use crate::train::step::{AutogradStep, Step, StepOutcome, Synced};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -163,8 +164,25 @@ pub fn train(
         drop: DropShape::of(model),
     };
     // From here on the model is read only through the step, which keeps it in sync.
-    let mut step = step::for_model(model, adam, ctx.device)?;
+    let mut step = step_for(model, adam, ctx.device)?;
     epochs.run(step.as_mut(), progress, save_model)
+}
+
+/// The step that suits `model` on `device`: by hand on the CPU when the model is all
+/// linear layers (fast mode), through autograd otherwise.
+fn step_for<'m>(
+    model: &'m dyn Trainable,
+    adam: Adam,
+    device: &Device,
+) -> Result<Box<dyn Step + 'm>> {
+    Ok(match (device.is_cpu(), model.host_layers()) {
+        (true, Some(layers)) => Box::new(FusedStep::check_out(model, layers, adam)?),
+        _ => Box::new(AutogradStep {
+            model,
+            adam,
+            device: device.clone(),
+        }),
+    })
 }
 
 /// The shape of the channel-drop vector: the model's feature width, classes and channels

@@ -1,7 +1,7 @@
 //! One optimisation step, two ways behind one trait. [`AutogradStep`]: the model's losses
 //! through candle's autograd and one Adam update (any model, any device).
-//! [`FusedStep`](crate::train::fused::FusedStep): the same step written out by hand on
-//! host buffers, for fast mode's all-linear models on the CPU.
+//! `train::fused::FusedStep`: the same step written out by hand on host buffers, for fast
+//! mode's all-linear models on the CPU. The loop picks one (`train::fit`).
 //!
 //! A [`Step`] owns the optimiser and borrows the model; whatever reads either (evaluation,
 //! checkpoints, bundles) goes through [`Step::synced`], so a step that keeps the
@@ -9,7 +9,6 @@
 
 use crate::error::Result;
 use crate::model::{Batch, CafeLosses, Trainable};
-use crate::train::fused::FusedStep;
 use crate::train::optim::Adam;
 use candle_core::{DType, Device, Tensor};
 
@@ -37,23 +36,6 @@ pub trait Step {
     fn step(&mut self, batch: &Batch, drop: &[f32]) -> Result<StepOutcome>;
     /// The model and the optimiser, up to date.
     fn synced(&mut self) -> Result<Synced<'_>>;
-}
-
-/// The step that suits `model` on `device`: by hand on the CPU when the model is all
-/// linear layers (fast mode), through autograd otherwise.
-pub fn for_model<'m>(
-    model: &'m dyn Trainable,
-    adam: Adam,
-    device: &Device,
-) -> Result<Box<dyn Step + 'm>> {
-    Ok(match (device.is_cpu(), model.host_layers()) {
-        (true, Some(layers)) => Box::new(FusedStep::check_out(model, layers, adam)?),
-        _ => Box::new(AutogradStep {
-            model,
-            adam,
-            device: device.clone(),
-        }),
-    })
 }
 
 /// The step through candle's autograd.
