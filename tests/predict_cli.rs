@@ -5,8 +5,9 @@
 use crate::common;
 use crate::predict_support;
 
+use gfer::data::Shard;
 use gfer::image::DecodeLimits;
-use gfer::predict::inputs::{self, Input, Shard};
+use gfer::predict::inputs::{self, Input};
 use gfer::predict::output::{ImageResult, OutputFormat, PredictionWriter};
 use gfer::predict::run::{draw_path, predict_inputs, RunOptions, RunSummary};
 use gfer::predict::{PredictOptions, Predictor};

@@ -56,10 +56,12 @@ fn protocol_writes_the_table_per_class_tables_and_confusion_images() {
         },
         out: out.clone(),
         reference_paper: false,
+        cell: None,
     };
     let progress = indicatif::ProgressBar::hidden();
     let table = protocol::run(&cfg, &AtomicBool::new(false), &progress, &Device::Cpu)
-        .expect("protocol runs");
+        .expect("protocol runs")
+        .table;
     assert_eq!(table.targets, vec!["faces", "listed"]);
     assert_eq!(table.rows.len(), 4, "2 sources x 2 methods");
     for row in &table.rows {
@@ -429,10 +431,12 @@ fn full_and_fast_variants_come_out_side_by_side_in_one_table() {
         },
         out: out.clone(),
         reference_paper: false,
+        cell: None,
     };
     let progress = indicatif::ProgressBar::hidden();
     let table = protocol::run(&cfg, &AtomicBool::new(false), &progress, &Device::Cpu)
-        .expect("protocol runs");
+        .expect("protocol runs")
+        .table;
     let labels: Vec<&str> = table.rows.iter().map(|r| r.method.as_str()).collect();
     assert_eq!(
         labels,

@@ -25,6 +25,10 @@ mod domains;
 mod train;
 // The cross-domain protocol and the feature cache's invalidation rules.
 mod protocol;
+// The protocol, extraction and the feature cache as job arrays on one shared folder.
+mod array_jobs;
+// The Slurm and Kubernetes job files in deploy/.
+mod deploy;
 // `gfer extract` with broken and huge images.
 mod extract_cli;
 // Face detection on real photos.

@@ -3,9 +3,13 @@
 //! hashes, labels when known, the backbone, its weights fingerprint, the preprocessing
 //! and the gfer version. Extraction is batched, resumable (rows whose content hash is
 //! already in the file are not encoded again) and safe to interrupt.
+//!
+//! A job array shares the work out: task K of N writes the rows of every N-th image from
+//! the K-th to its own file ([`shard_path`]); the same extraction without a shard then
+//! gathers those rows into the one file, in the images' order, encoding nothing again.
 
 use crate::backbone::Encoder;
-use crate::data::{ImageSource, Sample};
+use crate::data::{ImageSource, Sample, Shard};
 use crate::error::{Error, Result};
 use crate::formats::tensorfile;
 use crate::image::{content_hash, DecodeLimits, Preprocess, RgbImage};
@@ -13,7 +17,7 @@ use crate::Expression;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -228,6 +232,7 @@ pub struct ExtractSummary {
 }
 
 /// One image to encode: where it comes from, and its label when known.
+#[derive(Clone)]
 pub struct ExtractItem {
     pub source: ImageSource,
     pub label: Option<Expression>,
@@ -263,6 +268,7 @@ pub fn extract(
     };
     let mut set = FeatureSet::open_or_new(out, key, encoder.dim())?;
     let mut known: HashSet<String> = set.rows.iter().map(|r| r.hash.clone()).collect();
+    let from_shards = shard_rows(out, &set.key)?;
     let mut summary = ExtractSummary::default();
     let mut last_save = Instant::now();
     progress.set_length(items.len() as u64);
@@ -271,12 +277,31 @@ pub fn extract(
             summary.interrupted = true;
             break;
         }
-        let (images, rows) = new_images(chunk, &options.limits, &mut known, &mut summary);
-        if !images.is_empty() {
-            let features = encoder.encode(&preprocess.batch(&images, &Device::Cpu)?)?;
-            set.values.extend(features.flatten_all()?.to_vec1::<f32>()?);
-            summary.encoded += rows.len();
-            set.rows.extend(rows);
+        let mut rows = Vec::new();
+        let mut to_encode = Vec::new();
+        for (row, image) in new_rows(chunk, &options.limits, &mut known, &mut summary) {
+            if !from_shards.contains_key(&row.hash) {
+                to_encode.push(image);
+            }
+            rows.push(row);
+        }
+        let mut encoded = Vec::new().into_iter();
+        if !to_encode.is_empty() {
+            let features = encoder.encode(&preprocess.batch(&to_encode, &Device::Cpu)?)?;
+            encoded = features.flatten_all()?.to_vec1::<f32>()?.into_iter();
+        }
+        for row in rows {
+            match from_shards.get(&row.hash) {
+                Some(values) => {
+                    set.values.extend_from_slice(values);
+                    summary.reused += 1;
+                }
+                None => {
+                    set.values.extend(encoded.by_ref().take(set.dim));
+                    summary.encoded += 1;
+                }
+            }
+            set.rows.push(row);
         }
         progress.inc(chunk.len() as u64);
         if last_save.elapsed() >= options.save_every {
@@ -288,19 +313,18 @@ pub fn extract(
     Ok(summary)
 }
 
-/// The images of `chunk` that decode and are not already `known` (by content hash), with
-/// their rows; the others are counted in `summary`.
-fn new_images(
+/// The rows of `chunk` to add, in order, each with its image: those that decode and are
+/// not already `known` (by content hash); the others are counted in `summary`.
+fn new_rows(
     chunk: &[ExtractItem],
     limits: &DecodeLimits,
     known: &mut HashSet<String>,
     summary: &mut ExtractSummary,
-) -> (Vec<RgbImage>, Vec<Row>) {
+) -> Vec<(Row, RgbImage)> {
     let decoded: Vec<Result<RgbImage>> = chunk
         .par_iter()
         .map(|item| item.source.load(limits))
         .collect();
-    let mut images = Vec::new();
     let mut rows = Vec::new();
     for (item, image) in chunk.iter().zip(decoded) {
         match image {
@@ -314,14 +338,59 @@ fn new_images(
                     summary.reused += 1;
                     continue;
                 }
-                rows.push(Row {
+                let row = Row {
                     path: item.source.describe(),
                     hash,
                     label: item.label,
-                });
-                images.push(image);
+                };
+                rows.push((row, image));
             }
         }
     }
-    (images, rows)
+    rows
+}
+
+/// Where task K of N writes its part of `out`: `feats.safetensors` ->
+/// `feats.shard-0-of-4.safetensors`.
+pub fn shard_path(out: &Path, shard: Shard) -> PathBuf {
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match out.extension() {
+        Some(ext) => format!(
+            "{stem}.shard-{}-of-{}.{}",
+            shard.index,
+            shard.count,
+            ext.to_string_lossy()
+        ),
+        None => format!("{stem}.shard-{}-of-{}", shard.index, shard.count),
+    };
+    out.with_file_name(name)
+}
+
+/// The rows the shard files of `out` hold (features of `key` only), by content hash.
+fn shard_rows(out: &Path, key: &FeatureKey) -> Result<HashMap<String, Vec<f32>>> {
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    let prefix = format!("{stem}.shard-");
+    let folder = match out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => folder.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let mut rows = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return Ok(rows);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with(&prefix) || entry.path() == out {
+            continue;
+        }
+        let shard = FeatureSet::load(&entry.path())?;
+        if &shard.key != key {
+            tracing::warn!("{name}: features of another encoder or preprocessing; not gathered");
+            continue;
+        }
+        for (row, values) in shard.rows.iter().zip(shard.values.chunks_exact(shard.dim)) {
+            rows.insert(row.hash.clone(), values.to_vec());
+        }
+    }
+    Ok(rows)
 }

@@ -97,3 +97,8 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
     }
     bar
 }
+
+/// `K/N` for `--shard` and `--cell`: task K's part of N in a job array.
+pub fn parse_shard(text: &str) -> Result<gfer::data::Shard, String> {
+    text.parse().map_err(|e: gfer::Error| e.to_string())
+}

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use gfer::backbone::features::{extract, ExtractItem, ExtractOptions};
+use gfer::backbone::features::{extract, shard_path, ExtractItem, ExtractOptions};
 use gfer::backbone::{load_encoder, Backbone};
+use gfer::data::Shard;
 use gfer::image::{DecodeLimits, Preprocess, Preset};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,12 @@ use std::time::Duration;
 [N,D] with the image paths, content hashes, labels (for data sets), backbone, weights \
 fingerprint and preprocessing in the metadata. Rerunning with the same --out skips images \
 already there (by content hash); Ctrl-C finishes the current batch and saves. Unreadable \
-images are reported and skipped."
+images are reported and skipped.
+
+As a job array: task K of N runs the same command with --shard K/N and writes every N-th \
+image from the K-th to OUT's shard file (feats.safetensors -> feats.shard-K-of-N.safetensors); \
+the same command without --shard then gathers the shards into OUT, in order, encoding \
+nothing again."
 )]
 pub struct ExtractArgs {
     /// Encoder architecture; inferred from the weights when omitted.
@@ -32,6 +38,10 @@ pub struct ExtractArgs {
     /// Output features file (.safetensors); extended if it exists.
     #[arg(long)]
     out: PathBuf,
+    /// In a job array: encode only task K's part of N (every N-th image from the K-th)
+    /// into OUT's shard file.
+    #[arg(long, value_name = "K/N", value_parser = super::parse_shard)]
+    shard: Option<Shard>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -57,6 +67,10 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
         })
         .collect();
     anyhow::ensure!(!items.is_empty(), "no images found in {:?}", args.inputs);
+    let (items, out) = match args.shard {
+        Some(shard) => (shard.select(&items), shard_path(&args.out, shard)),
+        None => (items, args.out.clone()),
+    };
     eprintln!(
         "extracting {} images with {} (D={}, weights {}), preprocessing {}, batch {}",
         items.len(),
@@ -72,7 +86,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
         encoder.as_ref(),
         preprocess,
         &items,
-        &args.out,
+        &out,
         &ExtractOptions {
             batch_size: args.batch_size,
             limits: DecodeLimits {
@@ -86,7 +100,7 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     eprintln!(
         "wrote {}: {} encoded, {} already there, {} failed{}",
-        args.out.display(),
+        out.display(),
         summary.encoded,
         summary.reused,
         summary.failures.len(),

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::Args;
+use gfer::data::Shard;
 use gfer::image::DecodeLimits;
-use gfer::predict::inputs::{self, Shard};
+use gfer::predict::inputs;
 use gfer::predict::output::{OutputFormat, PredictionWriter};
 use gfer::predict::run::{predict_inputs, RunOptions};
 use gfer::predict::{PredictOptions, Predictor};
@@ -77,7 +78,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "DIR")]
     pub draw: Option<PathBuf>,
     /// Process only the K-th (from 0) of N equal parts of the sorted inputs.
-    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    #[arg(long, value_name = "K/N", value_parser = super::parse_shard)]
     pub shard: Option<Shard>,
     /// Refuse images with more pixels than this (protects memory).
     #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS, value_name = "PIXELS")]
@@ -85,10 +86,6 @@ pub struct PredictArgs {
 }
 
 fn parse_format(text: &str) -> Result<OutputFormat, String> {
-    text.parse().map_err(|err: gfer::Error| err.to_string())
-}
-
-fn parse_shard(text: &str) -> Result<Shard, String> {
     text.parse().map_err(|err: gfer::Error| err.to_string())
 }
 

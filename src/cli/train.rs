@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use gfer::backbone::Backbone;
+use gfer::data::Shard;
 use gfer::image::{DecodeLimits, Preset};
 use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::CafeConfig;
@@ -18,15 +19,26 @@ when it has none) after every epoch. Writes a run folder: config.json, revision.
 data.json, log.jsonl (one line per epoch), checkpoints/last.safetensors (everything needed \
 to resume), best.safetensors and model.safetensors (model bundles for eval/predict/serve) \
 and report.md. Ctrl-C finishes the current step, saves and exits; --resume RUN continues \
-with results identical to an uninterrupted run. Defaults are the authors' recipe."
+with results identical to an uninterrupted run. Defaults are the authors' recipe.
+
+With --fast --cache-only, only fast mode's feature cache is built (no run folder); with \
+--shard K/N as well, only every N-th image from the K-th, so that the tasks of a job array \
+build the cache of a large data set together, each on its own part, into one --cache \
+folder. Training with the same options then finds every image cached."
 )]
 pub struct TrainArgs {
     /// Source data set, e.g. `rafdb:/data/raf-basic` or `folder:/data/faces`.
     #[arg(long, required_unless_present = "resume")]
     data: Option<String>,
     /// Run folder to write.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "cache_only"])]
     out: Option<PathBuf>,
+    /// Build fast mode's feature cache and stop, without training.
+    #[arg(long, requires = "fast", conflicts_with_all = ["out", "resume"])]
+    cache_only: bool,
+    /// With --cache-only, in a job array: cache only task K's part of N of the images.
+    #[arg(long, value_name = "K/N", requires = "cache_only", value_parser = super::parse_shard)]
+    shard: Option<Shard>,
     /// Continue the run in this folder from its last checkpoint (its config.json is used).
     #[arg(long, conflicts_with_all = ["data", "out"])]
     resume: Option<PathBuf>,
@@ -166,6 +178,9 @@ impl TrainingFlags {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.cache_only {
+        return build_cache(&args);
+    }
     let (cfg, out) = match &args.resume {
         Some(run) => (run::load_config(run)?, run.clone()),
         None => {
@@ -212,5 +227,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `--cache-only`: fast mode's feature cache of (a part of) the data set.
+fn build_cache(args: &TrainArgs) -> anyhow::Result<()> {
+    let data = args.data.clone().context("--data is required")?;
+    let cfg = args.flags.config(data, args.method);
+    let device = super::device()?;
+    let stop = super::stop_on_ctrl_c()?;
+    let progress = super::progress_bar(0, "images");
+    let watch = run::Watch {
+        stop: &stop,
+        progress: &progress,
+        max_steps: None,
+    };
+    let counts = run::build_cache(&cfg, args.shard, &watch, &device)?;
+    progress.finish_and_clear();
+    let part = args
+        .shard
+        .map(|s| format!(" (part {s})"))
+        .unwrap_or_default();
+    println!(
+        "feature cache in {}{part}: {counts}",
+        args.flags.cache.display()
+    );
     Ok(())
 }

@@ -22,10 +22,12 @@ mod manifest;
 mod mma;
 mod rafdb;
 mod sfew;
+mod shard;
 pub mod spec;
 pub mod stats;
 mod usable;
 
+pub use shard::Shard;
 pub use usable::{samples_fingerprint, usable_samples, Usable};
 
 use crate::image::{DecodeLimits, RgbImage};

@@ -12,7 +12,7 @@ use crate::model::{
 };
 use crate::train::cache::CachedFeatures;
 use crate::train::cached_source::CachedSource;
-use crate::train::fit::{self, Recipe, TrainContext};
+use crate::train::fit::{self, Recipe, TrainContext, Watch};
 use crate::train::optim::{Adam, AdamConfig};
 use crate::train::run_folder::RunFolder;
 use crate::train::step::{AutogradStep, Step};
@@ -156,13 +156,16 @@ pub fn fast_mode(
         ..Recipe::default()
     };
     let progress = indicatif::ProgressBar::hidden();
+    let watch = Watch {
+        stop: &AtomicBool::new(false),
+        progress: &progress,
+        max_steps: None,
+    };
     let ctx = TrainContext {
         run: &run,
         recipe: &recipe,
-        stop: &AtomicBool::new(false),
-        progress: &progress,
+        watch: &watch,
         device: &device,
-        max_steps: None,
     };
     let started = Instant::now();
     fit::train(&ctx, &model, &source, None, &mut |_, _| Ok(()))?;

@@ -134,12 +134,8 @@ pub fn run(
         size: 128,
     })?;
     stages.lap("build domains");
-    let table = protocol::run(
-        &protocol_config(options, &summaries, &encoder)?,
-        stop,
-        progress,
-        device,
-    )?;
+    let cfg = protocol_config(options, &summaries, &encoder)?;
+    let table = protocol::run(&cfg, stop, progress, device)?.table;
     stages.lap("extract features, train, evaluate");
     let bundle = options
         .out
@@ -230,5 +226,6 @@ fn protocol_config(
         },
         out: options.out.join("protocol"),
         reference_paper: false,
+        cell: None,
     })
 }

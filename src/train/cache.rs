@@ -25,11 +25,18 @@
 //! does not depend on which other images are in the set or in what order. Building a
 //! cache keeps the rows already there and computes only the missing ones. At training
 //! time the files are memory-mapped.
+//!
+//! Several processes (the tasks of a job array) may build into one cache folder at once.
+//! A build holds a lock named after its set of images while it encodes, so tasks that
+//! need the same images wait for the first and then find them cached, while tasks with
+//! other images encode theirs at the same time; each then adds its rows under the file's
+//! write lock, reading the file as it is at that moment, so no task's rows are lost (see
+//! [`FileLock`] for the locks and what a killed task leaves).
 
 use crate::backbone::Encoder;
 use crate::data::ImageSource;
 use crate::error::{Error, Result};
-use crate::formats::tensorfile;
+use crate::formats::{tensorfile, FileLock};
 use crate::image::{Augment, DecodeLimits, Preprocess, RgbImage};
 use crate::model::classifier::{Classifier, MaskInput};
 use crate::model::FrozenResnet;
@@ -363,14 +370,25 @@ impl Completion {
         augmented: bool,
     ) -> Result<()> {
         let (views, dim) = (self.views, self.dim);
-        let fits = self
-            .old
-            .as_ref()
-            .is_some_and(|o| o.views == views && o.dim == dim);
-        if fits && self.rows.len() == self.reused {
+        if self.rows.len() == self.reused
+            && self
+                .old
+                .as_ref()
+                .is_some_and(|o| o.views == views && o.dim == dim)
+        {
             return Ok(());
         }
-        if let Some(o) = self.old.as_ref().filter(|_| fits) {
+        // Another task may have added rows since this build opened the file: the file as it
+        // is now, read under the write lock, gives the rows of the images not in this set.
+        let _writing = FileLock::acquire(&self.path, "write")?;
+        let current = match self.path.exists() {
+            true => Some(CachedFeatures::open(&self.path)?),
+            false => None,
+        };
+        if let Some(o) = current
+            .as_ref()
+            .filter(|o| o.views == views && o.dim == dim)
+        {
             let mut others: Vec<(&String, usize)> = o
                 .index
                 .iter()
@@ -544,6 +562,18 @@ impl BuildFiles {
     }
 }
 
+/// A short name for a set of images: the first 16 hex digits of a hash of their sorted,
+/// distinct content hashes.
+fn set_fingerprint(hashes: &[String]) -> String {
+    let sorted: std::collections::BTreeSet<&String> = hashes.iter().collect();
+    let mut hasher = blake3::Hasher::new();
+    for hash in sorted {
+        hasher.update(hash.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex()[..16].to_string()
+}
+
 /// Makes sure the clean files (`augmented` false) or the views files hold every image,
 /// computing only what is missing: the encoder features, and with `key.mask` the mask
 /// generator's input beside them. Images are identified by their content hashes (as
@@ -556,6 +586,14 @@ fn build_files(
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
 ) -> Result<(BuildCount, Option<BuildCount>)> {
+    // Tasks that need the same images wait for each other, and the later one finds them
+    // cached; tasks with other images build beside it.
+    let path = if augmented {
+        key.views_path(dir)
+    } else {
+        key.clean_path(dir)
+    };
+    let _building = FileLock::acquire(&path, &format!("build-{}", set_fingerprint(images.hashes)))?;
     let mut files = BuildFiles::open(key, augmented, dir, images.hashes)?;
     let counts = files.counts();
     let work = files.missing();

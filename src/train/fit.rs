@@ -123,15 +123,21 @@ struct EpochSums {
 const CHECKPOINT: &str = "last.safetensors";
 const LOG: &str = "log.jsonl";
 
+/// What a run watches and reports to.
+pub struct Watch<'a> {
+    /// Set by Ctrl-C: the run saves and stops after the current step.
+    pub stop: &'a AtomicBool,
+    pub progress: &'a indicatif::ProgressBar,
+    /// Stop (save, as on Ctrl-C) after this many steps: for jobs with a time limit, and
+    /// for testing resume.
+    pub max_steps: Option<usize>,
+}
+
 pub struct TrainContext<'a> {
     pub run: &'a RunFolder,
     pub recipe: &'a Recipe,
-    pub stop: &'a AtomicBool,
-    pub progress: &'a indicatif::ProgressBar,
+    pub watch: &'a Watch<'a>,
     pub device: &'a Device,
-    /// Stop (save, as on Ctrl-C) after this many steps of this invocation: for jobs with
-    /// a time limit, and for testing resume.
-    pub max_steps: Option<usize>,
 }
 
 /// Trains `model` on `source` for the recipe's epochs, resuming from the run folder's
@@ -248,10 +254,12 @@ impl Epochs<'_> {
         let samples = self.source.len();
         let mut order: Vec<usize> = (0..samples).collect();
         order.shuffle(&mut rng_for(recipe.seed, RNG_SHUFFLE, epoch as u64, 0));
-        ctx.progress.set_length(samples as u64);
-        ctx.progress
+        ctx.watch.progress.set_length(samples as u64);
+        ctx.watch
+            .progress
             .set_position((progress.step * recipe.batch_size).min(samples) as u64);
-        ctx.progress
+        ctx.watch
+            .progress
             .set_message(format!("epoch {}/{}", epoch + 1, recipe.epochs));
         let steps_per_epoch = samples.div_ceil(recipe.batch_size);
         for (index, indices) in order
@@ -259,7 +267,9 @@ impl Epochs<'_> {
             .enumerate()
             .skip(progress.step)
         {
-            if ctx.stop.load(Ordering::SeqCst) || ctx.max_steps.is_some_and(|m| *steps_taken >= m) {
+            if ctx.watch.stop.load(Ordering::SeqCst)
+                || ctx.watch.max_steps.is_some_and(|m| *steps_taken >= m)
+            {
                 return Ok(false);
             }
             let started = Instant::now();
@@ -284,8 +294,8 @@ impl Epochs<'_> {
                 .add(&outcome, indices.len(), started.elapsed().as_secs_f64());
             progress.step = index + 1;
             *steps_taken += 1;
-            ctx.progress.inc(indices.len() as u64);
-            ctx.progress.set_message(format!(
+            ctx.watch.progress.inc(indices.len() as u64);
+            ctx.watch.progress.set_message(format!(
                 "epoch {}/{} loss {:.4}",
                 epoch + 1,
                 recipe.epochs,

@@ -4,7 +4,9 @@
 //! feature cache), and write the report. `gfer train` and `gfer protocol` both call it.
 
 use crate::backbone::{check_layer, load_encoder, Backbone, Encoder};
-use crate::data::{self, samples_fingerprint, usable_samples, Dataset, Sample, Split, Usable};
+use crate::data::{
+    self, samples_fingerprint, usable_samples, Dataset, Sample, Shard, Split, Usable,
+};
 use crate::error::{Error, Result};
 use crate::eval::metrics::Metrics;
 use crate::eval::{evaluate, EvalSource};
@@ -12,8 +14,9 @@ use crate::image::{Augment, DecodeLimits, Preprocess, Preset};
 use crate::model::bundle::{Bundle, BundleMeta, FORMAT_VERSION};
 use crate::model::classifier::{GeneratorSpec, MaskInput, Method};
 use crate::model::{init_var_builder, resnet, CafeConfig, Classifier, FrozenResnet, ModelSpec};
-use crate::train::cache::{self, CacheImages, CacheKey, MaskSource};
+use crate::train::cache::{self, Cache, CacheCounts, CacheImages, CacheKey, MaskSource};
 use crate::train::cached_source::CachedSource;
+pub use crate::train::fit::Watch;
 use crate::train::fit::{self, BatchSource, Outcome, Recipe, Snapshot, TrainContext};
 use crate::train::pixels::{LabelledImages, PixelSource};
 use crate::train::run_folder::{code_revision, RunFolder};
@@ -22,7 +25,6 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 /// Everything a run needs; written to the run folder as `config.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,23 +119,13 @@ pub fn load_config(run: &Path) -> Result<TrainConfig> {
     })
 }
 
-/// What a run watches and reports to.
-pub struct Watch<'a> {
-    /// Set by Ctrl-C: the run saves and stops after the current step.
-    pub stop: &'a AtomicBool,
-    pub progress: &'a indicatif::ProgressBar,
-    /// Stop (save, as on Ctrl-C) after this many steps: for jobs with a time limit, and
-    /// for testing resume.
-    pub max_steps: Option<usize>,
-}
-
 /// Trains as configured into the run folder `out` (resuming when it holds a checkpoint).
 pub fn train(cfg: &TrainConfig, out: &Path, watch: &Watch, device: &Device) -> Result<RunOutcome> {
     check_options(cfg)?;
     let folder = RunFolder::create(out)?;
     let dataset = data::open(&cfg.data, &Default::default())?;
     dataset.check_trainable(Split::Train)?;
-    let data = RunData::sort(&dataset, cfg, watch.progress);
+    let data = RunData::sort(&dataset, cfg, None, watch.progress);
     let encoder = frozen_encoder(cfg, device)?;
     let model = build_model(cfg, encoder.as_deref(), device)?;
     if !folder.path(CONFIG).exists() {
@@ -143,10 +135,8 @@ pub fn train(cfg: &TrainConfig, out: &Path, watch: &Watch, device: &Device) -> R
     let ctx = TrainContext {
         run: &folder,
         recipe: &cfg.recipe,
-        stop: watch.stop,
-        progress: watch.progress,
+        watch,
         device,
-        max_steps: watch.max_steps,
     };
     let trained = match (&cfg.fast, encoder.as_deref()) {
         (Some(fast), Some(encoder)) => {
@@ -209,14 +199,24 @@ struct RunData<'a> {
 }
 
 impl<'a> RunData<'a> {
-    fn sort(dataset: &'a Dataset, cfg: &TrainConfig, progress: &indicatif::ProgressBar) -> Self {
+    /// The samples of the run, or with `shard` only that part of each split.
+    fn sort(
+        dataset: &'a Dataset,
+        cfg: &TrainConfig,
+        shard: Option<Shard>,
+        progress: &indicatif::ProgressBar,
+    ) -> Self {
         let limits = DecodeLimits {
             max_pixels: cfg.max_pixels,
         };
-        let train = usable_samples(&dataset.split(Split::Train), &limits, progress);
+        let part = |samples: Vec<&'a Sample>| match shard {
+            Some(shard) => shard.select(&samples),
+            None => samples,
+        };
+        let train = usable_samples(&part(dataset.split(Split::Train)), &limits, progress);
         let held_split = dataset.held_out_split();
         let held_samples = held_split.map(|s| dataset.split(s)).unwrap_or_default();
-        let held = usable_samples(&held_samples, &limits, progress);
+        let held = usable_samples(&part(held_samples), &limits, progress);
         for (what, why) in train.skipped.iter().chain(&held.skipped) {
             tracing::warn!("skipping an image: {why} ({what})");
         }
@@ -412,30 +412,7 @@ fn train_fast(
     data: &RunData,
     bundles: &BundleWriter,
 ) -> Result<(Outcome, Option<Metrics>)> {
-    let key = CacheKey {
-        encoder,
-        preprocess: bundles.preprocess(),
-        seed: cfg.recipe.seed,
-        views: fast.views,
-        mask: MaskSource::for_model(model),
-    };
-    let (train_sources, held_sources) = (data.train.sources(), data.held.sources());
-    let cached = cache::build(
-        &fast.cache_dir,
-        &key,
-        CacheImages {
-            sources: &train_sources,
-            hashes: &data.train.hashes,
-            limits: &data.limits,
-        },
-        CacheImages {
-            sources: &held_sources,
-            hashes: &data.held.hashes,
-            limits: &data.limits,
-        },
-        ctx.stop,
-        ctx.progress,
-    )?;
+    let cached = build_run_cache(cfg, fast, encoder, model, data, ctx.watch)?;
     tracing::info!("feature cache: {}", cached.counts);
     let (train, held) = (&data.train, &data.held);
     let seed = cfg.recipe.seed;
@@ -449,6 +426,66 @@ fn train_fast(
     }
     let held_out = (!held.samples.is_empty()).then_some(&held_source as &dyn EvalSource);
     train_and_score(ctx, model, &source, held_out, bundles)
+}
+
+/// Fast mode's cache of the run's images: clean views of the training and held-out images,
+/// augmented views of the training images.
+fn build_run_cache(
+    cfg: &TrainConfig,
+    fast: &FastConfig,
+    encoder: &dyn Encoder,
+    model: &Classifier,
+    data: &RunData,
+    watch: &Watch,
+) -> Result<Cache> {
+    let key = CacheKey {
+        encoder,
+        preprocess: Preprocess::new(cfg.preprocess, encoder.input_size() as u32),
+        seed: cfg.recipe.seed,
+        views: fast.views,
+        mask: MaskSource::for_model(model),
+    };
+    let (train_sources, held_sources) = (data.train.sources(), data.held.sources());
+    cache::build(
+        &fast.cache_dir,
+        &key,
+        CacheImages {
+            sources: &train_sources,
+            hashes: &data.train.hashes,
+            limits: &data.limits,
+        },
+        CacheImages {
+            sources: &held_sources,
+            hashes: &data.held.hashes,
+            limits: &data.limits,
+        },
+        watch.stop,
+        watch.progress,
+    )
+}
+
+/// Builds (or completes) fast mode's feature cache for the run `cfg` describes, without
+/// training: with `shard`, only that part of each split's images, so that the tasks of a
+/// job array build the cache of a large data set together and the run then finds every
+/// image cached.
+pub fn build_cache(
+    cfg: &TrainConfig,
+    shard: Option<Shard>,
+    watch: &Watch,
+    device: &Device,
+) -> Result<CacheCounts> {
+    check_options(cfg)?;
+    let fast = cfg
+        .fast
+        .as_ref()
+        .ok_or_else(|| Error::config("only fast mode has a feature cache to build (--fast)"))?;
+    let dataset = data::open(&cfg.data, &Default::default())?;
+    let data = RunData::sort(&dataset, cfg, shard, watch.progress);
+    let encoder = frozen_encoder(cfg, device)?
+        .ok_or_else(|| Error::config("fast mode needs a frozen encoder (--weights)"))?;
+    let model = build_model(cfg, Some(encoder.as_ref()), device)?;
+    let cached = build_run_cache(cfg, fast, encoder.as_ref(), &model, &data, watch)?;
+    Ok(cached.counts)
 }
 
 /// The full recipe: every step decodes, augments and encodes its images.

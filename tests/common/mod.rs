@@ -17,12 +17,19 @@ pub fn asset(relative: &str, how_to_get_it: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let message = format!("assets/{relative} is missing; {how_to_get_it}");
+    missing(&format!("assets/{relative}"), how_to_get_it);
+    None
+}
+
+/// Reports something a test needs but cannot find (a fetched file, a tool of the Python
+/// environment): the test is skipped with a message saying how to get it, unless
+/// `GFER_REQUIRE_ASSETS=1` (set by CI), in which case the test fails.
+pub fn missing(what: &str, how_to_get_it: &str) {
+    let message = format!("{what} is missing; {how_to_get_it}");
     if std::env::var("GFER_REQUIRE_ASSETS").as_deref() == Ok("1") {
         panic!("{message} (GFER_REQUIRE_ASSETS=1, so this is an error)");
     }
     eprintln!("SKIP: {message}");
-    None
 }
 
 /// A committed fixture under tests/fixtures/.

@@ -10,19 +10,31 @@
 //!
 //! Frozen features of the evaluation images are cached (in `OUT/cache`, shared by every
 //! method and, in fast mode, with training), so each image is encoded once per backbone.
+//!
+//! The runs (one per source and method variant) are independent, so the protocol also
+//! runs as a job array, every task on one shared folder: task K of N (`--cell K/N`) takes
+//! every N-th run from the K-th, in the order of [`runs`] (sources as given, then methods
+//! as given). Each run writes its cells; the tables are merged from the cells
+//! ([`merge`]) by every task as it ends, so the last one writes the whole table, or by
+//! `gfer protocol --merge OUT`. `OUT/protocol.json` records the configuration, and a task
+//! given another one is refused. A task killed midway is resumed by running it again:
+//! finished runs are skipped, a run's own checkpoint resumes it, and the shared caches
+//! and run folders are locked ([`FileLock`]) so that tasks never write them at once.
 
 mod cells;
+mod merge;
 mod variants;
 
+pub use merge::{merge, Merged};
 pub use variants::{name_specs, MethodVariant, NamedDataset};
 
 use crate::backbone::{load_encoder, Encoder};
+use crate::data::Shard;
 use crate::data::{self, usable_samples, Dataset, ImageSource, Split, Usable};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::eval::metrics::Metrics;
-use crate::eval::table::{AccuracyTable, TableRow};
 use crate::eval::{evaluate, evaluate_images};
-use crate::formats::write_file_atomically;
+use crate::formats::{write_file_atomically, FileLock};
 use crate::image::{DecodeLimits, Preprocess};
 use crate::model::classifier::GeneratorSpec;
 use crate::model::inference::ExpressionModel;
@@ -31,11 +43,14 @@ use crate::train::cached_source::CachedSource;
 use crate::train::pixels::LabelledImages;
 use crate::train::run::{self, FastConfig, RunOutcome, TrainConfig, Watch};
 use candle_core::Device;
+use cells::Cell;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProtocolConfig {
     pub sources: Vec<NamedDataset>,
     pub targets: Vec<NamedDataset>,
@@ -47,10 +62,20 @@ pub struct ProtocolConfig {
     /// Settings of the fast variants (views, MLP widths); their generator comes from the
     /// variant and their cache is `OUT/cache`.
     pub fast: FastConfig,
+    /// The protocol's folder (not recorded: it is where the record is).
+    #[serde(skip)]
     pub out: PathBuf,
     /// Put the paper's published numbers beside ours.
     pub reference_paper: bool,
+    /// This task's part of the runs, in a job array; `None`: every run.
+    #[serde(skip)]
+    pub cell: Option<Shard>,
 }
+
+/// The configuration's record in the protocol's folder.
+const PLAN: &str = "protocol.json";
+/// In a run's folder: why it failed, written by the task that ran it.
+const FAILED: &str = "failed.txt";
 
 impl ProtocolConfig {
     fn cache_dir(&self) -> PathBuf {
@@ -75,19 +100,122 @@ impl ProtocolConfig {
     }
 }
 
-/// Runs the protocol and returns the accuracy table (also written to `cfg.out`).
+/// One run of the protocol: a method variant trained on a source, then scored on every
+/// target.
+pub struct Run<'c> {
+    pub source: &'c NamedDataset,
+    pub variant: MethodVariant,
+}
+
+impl Run<'_> {
+    /// `cafe:fast on raf`.
+    pub fn describe(&self) -> String {
+        format!("{} on {}", self.variant.label(), self.source.name)
+    }
+
+    /// `OUT/runs/SOURCE/VARIANT`.
+    fn dir(&self, cfg: &ProtocolConfig) -> PathBuf {
+        cfg.out
+            .join("runs")
+            .join(&self.source.name)
+            .join(self.variant.slug())
+    }
+
+    /// Whether every target's cell is written.
+    fn is_done(&self, cfg: &ProtocolConfig) -> bool {
+        cfg.targets.iter().all(|target| {
+            cells::cell_stem(&cfg.out, self.variant, &self.source.name, &target.name)
+                .with_extension("json")
+                .exists()
+        })
+    }
+}
+
+/// Every run of the protocol in its fixed order: sources as given, and for each the
+/// method variants as given (each label once). `--cell K/N` takes the i-th run when
+/// i mod N = K.
+pub fn runs(cfg: &ProtocolConfig) -> Vec<Run<'_>> {
+    let variants = cfg.variants();
+    cfg.sources
+        .iter()
+        .flat_map(|source| variants.iter().map(move |&variant| Run { source, variant }))
+        .collect()
+}
+
+/// Runs this task's part of the protocol (all of it without `cfg.cell`) and merges the
+/// tables from every finished run; complete once every task has finished.
 pub fn run(
     cfg: &ProtocolConfig,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
     device: &Device,
-) -> Result<AccuracyTable> {
+) -> Result<Merged> {
     if cfg.sources.is_empty() || cfg.targets.is_empty() || cfg.methods.is_empty() {
         return Err(Error::config(
             "the protocol needs at least one source, one target and one method",
         ));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    record_plan(cfg)?;
+    let mine: Vec<Run> = runs(cfg)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| cfg.cell.is_none_or(|cell| cell.contains(*i)))
+        .map(|(_, run)| run)
+        .filter(|run| !run.is_done(cfg))
+        .collect();
+    if !mine.is_empty() {
+        run_cells(cfg, &mine, stop, progress, device)?;
+    }
+    merge::merge_plan(cfg)
+}
+
+/// Writes the configuration to `OUT/protocol.json`, or checks that the one there is the
+/// same: the tasks of one protocol share one configuration.
+fn record_plan(cfg: &ProtocolConfig) -> Result<()> {
+    let path = cfg.out.join(PLAN);
+    let plan = serde_json::to_value(cfg).map_err(|e| Error::internal(format!("{PLAN}: {e}")))?;
+    let _lock = FileLock::acquire(&path, "write")?;
+    if path.exists() {
+        let recorded = read_plan(&cfg.out)?;
+        let recorded =
+            serde_json::to_value(&recorded).map_err(|e| Error::internal(format!("{PLAN}: {e}")))?;
+        if recorded != plan {
+            return Err(Error::config(format!(
+                "{} records another configuration of sources, targets, methods or training \
+                 options; run the same command in every task, or choose another --out",
+                path.display()
+            )));
+        }
+        return Ok(());
+    }
+    let text =
+        serde_json::to_string_pretty(&plan).map_err(|e| Error::internal(format!("{PLAN}: {e}")))?;
+    write_file_atomically(&path, (text + "\n").as_bytes())
+}
+
+/// The configuration recorded in the protocol's folder `out`.
+pub fn read_plan(out: &Path) -> Result<ProtocolConfig> {
+    let path = out.join(PLAN);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut cfg: ProtocolConfig = serde_json::from_str(&text).map_err(|e| Error::Data {
+        file: path.clone(),
+        line: None,
+        message: format!("not a gfer protocol record: {e}"),
+    })?;
+    cfg.out = out.to_path_buf();
+    Ok(cfg)
+}
+
+/// Trains and scores `runs`, writing their cells. A run that fails is recorded in its
+/// folder (`failed.txt`) and stops the task.
+fn run_cells(
+    cfg: &ProtocolConfig,
+    runs: &[Run],
+    stop: &AtomicBool,
+    progress: &indicatif::ProgressBar,
+    device: &Device,
+) -> Result<()> {
     // Open everything first, so a bad spec or an empty split is reported before training.
     let opened = open_all(cfg.sources.iter().chain(&cfg.targets))?;
     let (sources, targets) = opened.split_at(cfg.sources.len());
@@ -108,26 +236,67 @@ pub fn run(
         )?),
         None => None,
     };
-    let mut report = Report::new(cfg);
-    for source in &cfg.sources {
-        for variant in cfg.variants() {
-            let bundle = train_cell_model(cfg, source, variant, stop, progress, device)?;
-            let model = ExpressionModel::load(&bundle, cfg.base.weights.as_deref(), device)?;
-            let mask = match (MaskSource::for_model(model.classifier()), &features) {
-                (Some(mask), Some(features)) => Some(features.mask_input(mask, stop, progress)?),
-                _ => None,
-            };
-            let mut accuracy = Vec::new();
-            for target in &targets {
-                let metrics = score(&model, target, features.as_ref(), mask.as_ref(), progress)?;
-                accuracy.push(metrics.accuracy);
-                report.add_cell(cfg, variant, source, target, &metrics)?;
+    for run in runs {
+        let dir = run.dir(cfg);
+        // One task at a time in a run folder; another may have finished it meanwhile.
+        let _lock = FileLock::acquire(&dir, "run")?;
+        if run.is_done(cfg) {
+            continue;
+        }
+        let failed = dir.join(FAILED);
+        let scored = train_and_score(
+            cfg,
+            run,
+            &targets,
+            features.as_ref(),
+            stop,
+            progress,
+            device,
+        );
+        match scored {
+            Ok(()) if failed.exists() => {
+                std::fs::remove_file(&failed).map_err(|e| Error::io(&failed, e))?
             }
-            report.add_row(variant, source, accuracy);
+            Ok(()) => {}
+            Err(e) => {
+                if e.kind() != ErrorKind::Interrupted {
+                    write_file_atomically(&failed, format!("{e}\n").as_bytes())?;
+                }
+                return Err(e);
+            }
         }
     }
-    report.write(cfg)?;
-    Ok(report.table)
+    Ok(())
+}
+
+/// Trains one run's model (or finds it trained) and writes its cell on every target.
+fn train_and_score(
+    cfg: &ProtocolConfig,
+    run: &Run,
+    targets: &[Target],
+    features: Option<&TargetFeatures>,
+    stop: &AtomicBool,
+    progress: &indicatif::ProgressBar,
+    device: &Device,
+) -> Result<()> {
+    let bundle = train_cell_model(cfg, run, stop, progress, device)?;
+    let model = ExpressionModel::load(&bundle, cfg.base.weights.as_deref(), device)?;
+    let mask = match (MaskSource::for_model(model.classifier()), features) {
+        (Some(mask), Some(features)) => Some(features.mask_input(mask, stop, progress)?),
+        _ => None,
+    };
+    for target in targets {
+        let metrics = score(&model, target, features, mask.as_ref(), progress)?;
+        let cell = Cell {
+            method: run.variant.label(),
+            source: run.source.clone(),
+            target: target.named.clone(),
+            split: target.split.to_string(),
+            metrics,
+        };
+        cells::write_cell(&cfg.out, run.variant, &cell)?;
+    }
+    Ok(())
 }
 
 /// Every named data set with its data set, in order, each spec opened once.
@@ -274,37 +443,33 @@ impl<'e> TargetFeatures<'e> {
     }
 }
 
-/// Trains one row's model (or finds it trained) and returns its bundle.
+/// Trains one run's model (or finds it trained) and returns its bundle.
 fn train_cell_model(
     cfg: &ProtocolConfig,
-    source: &NamedDataset,
-    variant: MethodVariant,
+    run: &Run,
     stop: &AtomicBool,
     progress: &indicatif::ProgressBar,
     device: &Device,
 ) -> Result<PathBuf> {
-    let label = variant.label();
     let mut train_cfg = cfg.base.clone();
-    train_cfg.data = source.spec.clone();
-    train_cfg.method = variant.method;
-    train_cfg.fast = variant.generator().map(|generator| FastConfig {
+    train_cfg.data = run.source.spec.clone();
+    train_cfg.method = run.variant.method;
+    train_cfg.fast = run.variant.generator().map(|generator| FastConfig {
         generator,
         cache_dir: cfg.cache_dir(),
         ..cfg.fast.clone()
     });
-    let run_dir = cfg.out.join("runs").join(&source.name).join(variant.slug());
-    tracing::info!("training {label} on {}", source.name);
+    tracing::info!("training {}", run.describe());
     let watch = Watch {
         stop,
         progress,
         max_steps: None,
     };
-    match run::train(&train_cfg, &run_dir, &watch, device)? {
+    match run::train(&train_cfg, &run.dir(cfg), &watch, device)? {
         RunOutcome::Finished(report) => Ok(report.bundle),
         RunOutcome::Interrupted { .. } => Err(Error::interrupted(format!(
-            "while training {label} on {}; rerun the same command to continue (finished \
-             runs are kept)",
-            source.name
+            "while training {}; rerun the same command to continue (finished runs are kept)",
+            run.describe()
         ))),
     }
 }
@@ -338,77 +503,4 @@ fn score(
         source = source.with_pixels(&target.images, features.preprocess);
     }
     evaluate(classifier, &source, 64, model.class_names())
-}
-
-/// The table and the per-class sections as the cells come in.
-struct Report {
-    table: AccuracyTable,
-    per_class: String,
-}
-
-impl Report {
-    fn new(cfg: &ProtocolConfig) -> Self {
-        Report {
-            table: AccuracyTable {
-                targets: cfg.targets.iter().map(|t| t.name.clone()).collect(),
-                target_kinds: cfg.targets.iter().map(|t| t.kind().to_string()).collect(),
-                rows: Vec::new(),
-            },
-            per_class: String::from("# Per-class accuracy (recall, %) of every cell\n\n"),
-        }
-    }
-
-    fn add_cell(
-        &mut self,
-        cfg: &ProtocolConfig,
-        variant: MethodVariant,
-        source: &NamedDataset,
-        target: &Target,
-        metrics: &Metrics,
-    ) -> Result<()> {
-        let cells_dir = cfg.out.join("cells").join(variant.slug());
-        let split = target.split.to_string();
-        let section = cells::write_cell(
-            &cells_dir,
-            &variant.label(),
-            source,
-            target.named,
-            &split,
-            metrics,
-        )?;
-        self.per_class.push_str(&section);
-        Ok(())
-    }
-
-    fn add_row(&mut self, variant: MethodVariant, source: &NamedDataset, accuracy: Vec<f64>) {
-        let row = TableRow::new(
-            variant.label(),
-            source.name.clone(),
-            source.kind().to_string(),
-            accuracy,
-            &self.table.target_kinds,
-        );
-        self.table.rows.push(row);
-    }
-
-    /// `table.md`, `table.csv`, `table.json` and `per_class.md`; with the paper's numbers
-    /// asked for, a warning naming the data sets the paper did not use.
-    fn write(&self, cfg: &ProtocolConfig) -> Result<()> {
-        let (out, reference) = (&cfg.out, cfg.reference_paper);
-        let unmatched = self.table.unmatched_by_paper();
-        if reference && !unmatched.is_empty() {
-            tracing::warn!(
-                "--reference paper: the paper has no numbers for {} (it used rafdb, ferplus, \
-                 affectnet, sfew and mma); their cells show ours alone",
-                unmatched.join(", ")
-            );
-        }
-        let markdown = self.table.markdown(reference);
-        write_file_atomically(&out.join("table.md"), markdown.as_bytes())?;
-        write_file_atomically(&out.join("table.csv"), self.table.csv(reference).as_bytes())?;
-        let json = serde_json::to_vec_pretty(&self.table)
-            .map_err(|e| Error::internal(format!("table.json: {e}")))?;
-        write_file_atomically(&out.join("table.json"), &json)?;
-        write_file_atomically(&out.join("per_class.md"), self.per_class.as_bytes())
-    }
 }

@@ -2,10 +2,10 @@
 //! in their variants ([`MethodVariant`]), each with the row label and folder name it gets.
 
 use crate::model::classifier::{MaskInput, Method};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A data set in the protocol: a short name for the tables, and its spec.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NamedDataset {
     pub name: String,
     pub spec: String,
@@ -122,6 +122,20 @@ impl MethodVariant {
     /// `OUT/runs/SOURCE/<this>` and the cells folder `OUT/cells/<this>`.
     pub fn slug(&self) -> String {
         self.label().replace(':', "-")
+    }
+}
+
+/// Recorded by its row label (`cafe:fast:resnet18`), which names the variant completely.
+impl Serialize for MethodVariant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label())
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodVariant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let label = String::deserialize(d)?;
+        MethodVariant::parse(&label, None).map_err(serde::de::Error::custom)
     }
 }
 
