@@ -3,6 +3,7 @@
 //! The data flow: data set -> [`image`] preprocessing -> frozen [`backbone::Encoder`]
 //! feature -> CAFE model -> model bundle -> evaluation, protocol, prediction, serving.
 
+pub mod assets;
 pub mod backbone;
 pub mod data;
 pub mod detect;

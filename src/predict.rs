@@ -381,7 +381,11 @@ mod tests {
             Ok(self
                 .0
                 .iter()
-                .map(|&rect| FaceBox { rect, score: 5.0 })
+                .map(|&rect| FaceBox {
+                    rect,
+                    score: 5.0,
+                    landmarks: None,
+                })
                 .collect())
         }
     }

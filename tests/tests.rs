@@ -33,6 +33,8 @@ mod deploy;
 mod extract_cli;
 // Face detection on real photos.
 mod detect;
+// MTCNN against facenet-pytorch on real photos.
+mod mtcnn_parity;
 // `gfer predict`: inputs, batching, output formats, drawing, sharding.
 mod predict_cli;
 // The HTTP server: answers, limits, concurrency, shutdown.

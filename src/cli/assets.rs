@@ -1,7 +1,7 @@
 //! `gfer assets`: the pinned third-party files of the demo and the tests.
 
 use clap::{Args, Subcommand};
-use gfer::experiments::assets;
+use gfer::assets;
 use std::path::PathBuf;
 
 #[derive(Args)]

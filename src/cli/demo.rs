@@ -46,9 +46,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let progress = super::progress_bar(0, "images");
     let report = demo::run(
         &DemoOptions {
-            assets: args
-                .assets
-                .unwrap_or_else(gfer::experiments::assets::default_dir),
+            assets: args.assets.unwrap_or_else(gfer::assets::default_dir),
             out: args.out.clone(),
             avatars_per_class: args.avatars_per_class,
             views: args.views,

