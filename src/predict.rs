@@ -29,7 +29,8 @@ pub mod inputs;
 pub mod output;
 pub mod run;
 
-use crate::detect::{square_crop, FaceDetector, Rect, SeetaFaceDetector};
+use crate::detect::align::{aligned_crop, roll_degrees, Template};
+use crate::detect::{square_crop, DetectorOptions, FaceDetector, Landmarks, Rect};
 use crate::error::{Error, Result};
 use crate::model::argmax;
 use crate::model::inference::ExpressionModel;
@@ -53,12 +54,28 @@ pub trait FaceClassifier: Send + Sync {
     fn probabilities(&self, pixels: &Tensor) -> Result<Tensor>;
 }
 
+/// How a detected face becomes the crop the model sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Alignment {
+    /// Upright by the five landmarks, as the aligned training sets were made (when the
+    /// detector gives landmarks; a square crop otherwise).
+    #[default]
+    Landmarks,
+    /// The square crop around the box, as detected.
+    None,
+}
+
 /// How photos become faces and faces become forward passes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PredictOptions {
     /// Find faces with the detector; when false every image is taken as one face (for
     /// photos that are already face crops).
     pub detect: bool,
+    /// Which detector, and its threshold.
+    pub detector: DetectorOptions,
+    /// Whether faces are aligned by their landmarks before the model sees them.
+    pub align: Alignment,
     /// Margin added around a detected face on every side, as a fraction of its longer
     /// side, before the square crop (see [`square_crop`]).
     pub crop_margin: f32,
@@ -74,6 +91,8 @@ impl Default for PredictOptions {
     fn default() -> Self {
         PredictOptions {
             detect: true,
+            detector: DetectorOptions::default(),
+            align: Alignment::default(),
             crop_margin: 0.2,
             min_face_size: 48,
             batch_size: 32,
@@ -105,6 +124,13 @@ pub struct Face {
     pub crop: Rect,
     /// The detector's confidence; absent with detection off.
     pub detection_score: Option<f32>,
+    /// The five landmarks (eyes, nose, mouth corners), when the detector gives them.
+    pub landmarks: Option<Landmarks>,
+    /// The roll of the head (the eyes' line against the horizontal, in degrees), from the
+    /// landmarks.
+    pub roll: Option<f32>,
+    /// Whether the model saw the face aligned by its landmarks (else the square crop).
+    pub aligned: bool,
     /// Probability of each class, in the order of [`Predictor::class_names`].
     pub probabilities: Vec<f32>,
     /// The most probable class.
@@ -162,13 +188,12 @@ impl Predictor {
         Self::new(Arc::new(model), options)
     }
 
-    /// A predictor around `classifier`, finding faces with the built-in SeetaFace
-    /// detector when `options.detect` is set.
+    /// A predictor around `classifier`, finding faces with the detector of
+    /// `options.detector` when `options.detect` is set.
     pub fn new(classifier: Arc<dyn FaceClassifier>, options: PredictOptions) -> Result<Self> {
-        let detector: Option<Box<dyn FaceDetector>> = if options.detect {
-            Some(Box::new(SeetaFaceDetector::new()?))
-        } else {
-            None
+        let detector = match options.detect {
+            true => Some(options.detector.build()?),
+            false => None,
         };
         Self::build(classifier, detector, options)
     }
@@ -228,13 +253,11 @@ impl Predictor {
         let crops: Vec<RgbImage> = located
             .iter()
             .zip(images)
-            .flat_map(|(faces, image)| {
-                faces.boxes.iter().map(move |face| {
-                    let c = face.crop;
-                    image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()
-                })
-            })
-            .collect();
+            .flat_map(|(faces, image)| faces.boxes.iter().map(move |face| (face, image)))
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|(face, image)| self.face_crop(image, face))
+            .collect::<Result<_>>()?;
         let probabilities = self.classify(&crops)?;
 
         let mut probabilities = probabilities.into_iter();
@@ -256,6 +279,19 @@ impl Predictor {
         Ok(predictions)
     }
 
+    /// What the model sees of a face: the upright crop aligned by its landmarks, or the
+    /// square crop around its box.
+    fn face_crop(&self, image: &RgbImage, face: &LocatedFace) -> Result<RgbImage> {
+        let c = face.crop;
+        match (face.landmarks, self.options.align) {
+            (Some(landmarks), Alignment::Landmarks) => {
+                let template = Template::arcface(self.options.crop_margin);
+                aligned_crop(image, &landmarks, &template, c.width.max(1))
+            }
+            _ => Ok(image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()),
+        }
+    }
+
     /// Where the faces of one photo are and the crop of each.
     fn locate_faces(&self, image: &RgbImage) -> Result<LocatedFaces> {
         let (width, height) = image.dimensions();
@@ -266,6 +302,7 @@ impl Predictor {
                     bbox: whole,
                     crop: whole,
                     score: None,
+                    landmarks: None,
                 }]
             } else {
                 Vec::new()
@@ -285,6 +322,7 @@ impl Predictor {
                 bbox: face.rect,
                 crop: square_crop(face.rect, self.options.crop_margin, width, height),
                 score: Some(face.score),
+                landmarks: face.landmarks,
             })
             .collect();
         Ok(LocatedFaces {
@@ -325,6 +363,9 @@ impl Predictor {
             bbox: located.bbox,
             crop: located.crop,
             detection_score: located.score,
+            landmarks: located.landmarks,
+            roll: located.landmarks.as_ref().map(roll_degrees),
+            aligned: located.landmarks.is_some() && self.options.align == Alignment::Landmarks,
             label: self.class_names[top].clone(),
             confidence: probabilities[top],
             probabilities,
@@ -336,6 +377,7 @@ struct LocatedFace {
     bbox: Rect,
     crop: Rect,
     score: Option<f32>,
+    landmarks: Option<Landmarks>,
 }
 
 struct LocatedFaces {

@@ -168,6 +168,17 @@ fn csv_has_a_header_and_a_column_per_class() {
             "red",
             "green",
             "blue",
+            "roll",
+            "left_eye_x",
+            "left_eye_y",
+            "right_eye_x",
+            "right_eye_y",
+            "nose_x",
+            "nose_y",
+            "mouth_left_x",
+            "mouth_left_y",
+            "mouth_right_x",
+            "mouth_right_y",
             "error"
         ]
     );
@@ -184,7 +195,7 @@ fn csv_has_a_header_and_a_column_per_class() {
     assert!(blue_probability > 0.9 && blue_probability == blue[9].parse::<f32>().unwrap());
     let errors: Vec<_> = rows.iter().filter(|r| &r[1] == "error").collect();
     assert_eq!(errors.len(), 3);
-    assert!(errors.iter().all(|r| !r[13].is_empty() && r[2].is_empty()));
+    assert!(errors.iter().all(|r| !r[24].is_empty() && r[2].is_empty()));
 }
 
 #[test]
@@ -279,7 +290,18 @@ fn detection_drawing_and_crops_on_a_group_photo() {
             inside("x", "width") && inside("y", "height"),
             "crop holds the face: {line}"
         );
-        assert!(line["detection_score"].as_f64().unwrap() > 0.0);
+        assert!(line["detection_score"].as_f64().unwrap() >= 0.9);
+        // MTCNN's five landmarks lie in the face's box, and the face was aligned by them.
+        let points = line["landmarks"].as_array().expect("landmarks");
+        assert_eq!(points.len(), 5);
+        for p in points {
+            let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+            let b = |k: &str| bbox[k].as_f64().unwrap();
+            assert!(x >= b("x") && x <= b("x") + b("width"), "{line}");
+            assert!(y >= b("y") && y <= b("y") + b("height"), "{line}");
+        }
+        assert!(line["roll"].as_f64().unwrap().abs() < 30.0, "{line}");
+        assert_eq!(line["aligned"], true);
     }
     let drawn_path = draw_path(out.path(), &Input::File(group.clone()));
     let drawn = image::open(&drawn_path).unwrap().to_rgb8();

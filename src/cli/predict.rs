@@ -3,11 +3,12 @@
 use anyhow::Context;
 use clap::Args;
 use gfer::data::Shard;
+use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::image::DecodeLimits;
 use gfer::predict::inputs;
 use gfer::predict::output::{OutputFormat, PredictionWriter};
 use gfer::predict::run::{predict_inputs, RunOptions};
-use gfer::predict::{PredictOptions, Predictor};
+use gfer::predict::{Alignment, PredictOptions, Predictor};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -29,6 +30,23 @@ pub struct FaceArgs {
     /// Take each image as one face instead of detecting faces (for face crops).
     #[arg(long)]
     pub no_detect: bool,
+    /// Face detector: mtcnn (small and turned faces, five landmarks; its weights are
+    /// fetched from PyPI's facenet-pytorch on first use) or seetaface (built in, boxes
+    /// only).
+    #[arg(long, value_enum, default_value = "mtcnn")]
+    pub detector: DetectorKind,
+    /// The score a face needs: MTCNN's probability [default: 0.9], SeetaFace's cascade
+    /// score [default: 2.0].
+    #[arg(long, value_name = "SCORE")]
+    pub det_threshold: Option<f32>,
+    /// landmarks: turn each face upright by its five landmarks, as the aligned training
+    /// sets were made (MTCNN); none: the square crop around the box.
+    #[arg(long, value_enum, default_value = "landmarks")]
+    pub align: Alignment,
+    /// The assets folder MTCNN's weights are read from, and fetched into
+    /// [default: $GFER_ASSETS, else ./assets].
+    #[arg(long, value_name = "DIR")]
+    pub assets: Option<PathBuf>,
     /// Margin around a detected face on every side, as a fraction of its size, before the
     /// square crop the model sees.
     #[arg(long, default_value_t = PredictOptions::default().crop_margin, value_name = "FRACTION")]
@@ -45,6 +63,15 @@ impl FaceArgs {
     pub fn options(&self) -> PredictOptions {
         PredictOptions {
             detect: !self.no_detect,
+            detector: DetectorOptions {
+                kind: self.detector,
+                threshold: self.det_threshold,
+                assets: self
+                    .assets
+                    .clone()
+                    .unwrap_or_else(gfer::assets::default_dir),
+            },
+            align: self.align,
             crop_margin: self.margin,
             min_face_size: self.min_face,
             batch_size: self.batch_size,

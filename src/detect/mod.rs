@@ -14,9 +14,10 @@ pub mod seetaface;
 
 pub use seetaface::{SeetaFaceDetector, SeetaSettings};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// An axis-aligned box in pixel coordinates, always inside the image it refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,6 +60,73 @@ pub struct FaceBox {
 /// Five facial points: left eye, right eye, nose tip, left and right mouth corners, as
 /// seen in the image, each (x, y).
 pub type Landmarks = [[f32; 2]; 5];
+
+/// Which face detector finds the faces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// MTCNN (facenet-pytorch's weights): small and turned faces, and five landmarks.
+    #[default]
+    Mtcnn,
+    /// SeetaFace's frontal cascade, built into the binary: boxes only.
+    Seetaface,
+}
+
+/// The detector, its threshold, and where MTCNN's weights are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectorOptions {
+    pub kind: DetectorKind,
+    /// The score a face needs: MTCNN's final probability (default
+    /// [`mtcnn::DEFAULT_MIN_SCORE`]) or SeetaFace's cascade score (default
+    /// [`SeetaSettings::default`]'s).
+    pub threshold: Option<f32>,
+    /// The assets folder MTCNN's weights are read from, and fetched into when missing.
+    pub assets: PathBuf,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            kind: DetectorKind::default(),
+            threshold: None,
+            assets: crate::assets::default_dir(),
+        }
+    }
+}
+
+impl DetectorOptions {
+    /// The detector these options describe. MTCNN's weights are fetched (with pip, from
+    /// PyPI's facenet-pytorch) when the assets folder lacks them.
+    pub fn build(&self) -> Result<Box<dyn FaceDetector>> {
+        match self.kind {
+            DetectorKind::Seetaface => {
+                let mut settings = SeetaSettings::default();
+                if let Some(threshold) = self.threshold {
+                    settings.score_threshold = f64::from(threshold);
+                }
+                Ok(Box::new(SeetaFaceDetector::with_settings(settings)?))
+            }
+            DetectorKind::Mtcnn => {
+                let min_score = self.threshold.unwrap_or(mtcnn::DEFAULT_MIN_SCORE);
+                if !(0.0..=1.0).contains(&min_score) {
+                    return Err(Error::config(format!(
+                        "MTCNN's threshold is a probability in [0, 1], got {min_score}"
+                    )));
+                }
+                let weights = self.assets.join(crate::assets::MTCNN_WEIGHTS);
+                if !mtcnn::WEIGHT_FILES.iter().all(|f| weights.join(f).exists()) {
+                    tracing::info!(
+                        "MTCNN's weights are not in {}: fetching them",
+                        self.assets.display()
+                    );
+                    crate::assets::fetch(&self.assets, &["mtcnn".to_string()])?;
+                }
+                let mtcnn = mtcnn::Mtcnn::load(&weights, mtcnn::MtcnnSettings::default())?;
+                Ok(Box::new(mtcnn::MtcnnDetector { mtcnn, min_score }))
+            }
+        }
+    }
+}
 
 /// Finds faces in a photo.
 pub trait FaceDetector: Send + Sync {

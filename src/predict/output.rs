@@ -4,7 +4,7 @@
 //! HTTP server.
 
 use super::{Face, ImagePrediction};
-use crate::detect::Rect;
+use crate::detect::{Landmarks, Rect};
 use crate::error::{Error, Result};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -70,6 +70,14 @@ pub struct FaceJson<'a> {
     pub bbox: &'a Rect,
     pub crop: &'a Rect,
     pub detection_score: Option<f32>,
+    /// Left eye, right eye, nose, left and right mouth corner, as `[x, y]`; absent
+    /// when the detector gives none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<&'a Landmarks>,
+    /// The head's roll in degrees (the eyes' line against the horizontal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll: Option<f32>,
+    pub aligned: bool,
     pub label: &'a str,
     pub confidence: f32,
     pub probabilities: ClassProbabilities<'a>,
@@ -81,6 +89,9 @@ impl<'a> FaceJson<'a> {
             bbox: &face.bbox,
             crop: &face.crop,
             detection_score: face.detection_score,
+            landmarks: face.landmarks.as_ref(),
+            roll: face.roll,
+            aligned: face.aligned,
             label: &face.label,
             confidence: face.confidence,
             probabilities: ClassProbabilities {
@@ -217,16 +228,33 @@ const CSV_FIXED_COLUMNS: [&str; 10] = [
     "confidence",
 ];
 
+/// After the class probabilities: the head's roll and the five landmarks (empty when the
+/// detector gives none).
+const CSV_FACE_COLUMNS: [&str; 11] = [
+    "roll",
+    "left_eye_x",
+    "left_eye_y",
+    "right_eye_x",
+    "right_eye_y",
+    "nose_x",
+    "nose_y",
+    "mouth_left_x",
+    "mouth_left_y",
+    "mouth_right_x",
+    "mouth_right_y",
+];
+
 fn write_csv<W: Write>(
     out: &mut csv::Writer<W>,
     class_names: &[String],
     result: &ImageResult,
     with_header: bool,
 ) -> std::io::Result<()> {
-    let columns = CSV_FIXED_COLUMNS.len() + class_names.len() + 1;
+    let columns = CSV_FIXED_COLUMNS.len() + class_names.len() + CSV_FACE_COLUMNS.len() + 1;
     if with_header {
         let mut header: Vec<&str> = CSV_FIXED_COLUMNS.to_vec();
         header.extend(class_names.iter().map(String::as_str));
+        header.extend(CSV_FACE_COLUMNS);
         header.push("error");
         out.write_record(&header)?;
     }
@@ -255,6 +283,15 @@ fn write_csv<W: Write>(
                     format!("{:.6}", face.confidence),
                 ];
                 row.extend(face.probabilities.iter().map(|p| format!("{p:.6}")));
+                row.push(face.roll.map(|r| format!("{r:.2}")).unwrap_or_default());
+                let points = face.landmarks.iter().flatten().flatten();
+                let points: Vec<String> = points.map(|v| format!("{v:.2}")).collect();
+                row.extend(
+                    points
+                        .into_iter()
+                        .chain(std::iter::repeat(String::new()))
+                        .take(10),
+                );
                 row.push(String::new());
                 out.write_record(&row)?;
             }
