@@ -112,3 +112,39 @@ fn detection_can_run_from_many_threads_at_once() {
     });
     assert_eq!(counts, [5, 5, 5]);
 }
+
+/// Both detectors on every photo with hand-counted faces (tests/fixtures/detection/
+/// faces.json): README's detection table, held as a floor.
+#[test]
+fn both_detectors_find_the_counted_faces_of_real_photos() {
+    use gfer::detect::{DetectorKind, DetectorOptions};
+    use gfer::experiments::bench::detection::{measure, read_counts};
+    let Some(solvay) = common::asset(
+        "reference/mtcnn/solvay.png",
+        "run scripts/make_reference.py mtcnn --testtime",
+    ) else {
+        return;
+    };
+    let assets = solvay
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let photos = read_counts(&common::fixture("detection/faces.json"), &assets).unwrap();
+    assert!(photos.len() > 100, "{}", photos.len());
+    for (kind, floor) in [(DetectorKind::Mtcnn, 0.98), (DetectorKind::Seetaface, 0.98)] {
+        let options = DetectorOptions {
+            kind,
+            threshold: None,
+            assets: assets.clone(),
+        };
+        let detector = options.build().unwrap();
+        let summary = measure(&format!("{kind:?}"), detector.as_ref(), &photos, 1).unwrap();
+        println!("{summary:?}");
+        assert!(summary.recall >= floor, "{summary:?}");
+        assert!(summary.false_detections <= 1, "{summary:?}");
+    }
+}

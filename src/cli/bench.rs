@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
+use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::experiments::bench;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,32 @@ pub enum BenchCommand {
     /// authors' model, with --python), fast-mode epochs on synthetic cached features, and
     /// feature extraction (the encoder forward the full recipe and the cache both need).
     Train(TrainBenchArgs),
+    /// Face detection on photos whose faces were counted by hand: recall, false detections
+    /// and milliseconds per photo of each detector.
+    Detect(DetectBenchArgs),
+}
+
+#[derive(Args)]
+pub struct DetectBenchArgs {
+    /// The counts: `{"photos": [{"path": ..., "faces": N}, ...]}`, paths (or glob
+    /// patterns) relative to --assets.
+    #[arg(long, default_value = "tests/fixtures/detection/faces.json")]
+    pub counts: PathBuf,
+    /// The folder the photos' paths are relative to, and where MTCNN's weights are.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Detectors to compare, each with its default threshold.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["mtcnn", "seetaface"])]
+    pub detector: Vec<DetectorKind>,
+    /// MTCNN's threshold (its final probability), to calibrate it.
+    #[arg(long)]
+    pub mtcnn_threshold: Option<f32>,
+    /// Passes over the photos; the median time is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also print the faces each detector found in every photo.
+    #[arg(long)]
+    pub per_photo: bool,
 }
 
 #[derive(Args)]
@@ -117,6 +144,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Encode(args) => encode(args),
         BenchCommand::Train(args) => train(args),
+        BenchCommand::Detect(args) => detect(args),
     }
 }
 
@@ -365,6 +393,63 @@ fn compare_with_reference(
             "max relative difference from {}: {relative:.2e}",
             reference.display()
         );
+    }
+    Ok(())
+}
+
+fn detect(args: DetectBenchArgs) -> anyhow::Result<()> {
+    let assets = args
+        .assets
+        .clone()
+        .unwrap_or_else(gfer::assets::default_dir);
+    let photos = bench::detection::read_counts(&args.counts, &assets)?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "settings: {}",
+        serde_json::json!({"gfer": env!("CARGO_PKG_VERSION"), "threads": threads, "cpu": cpu_description(), "photos": photos.len()})
+    );
+    println!(
+        "| detector | photos | faces counted | found | recall | false detections | ms/photo |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut summaries = Vec::new();
+    for &kind in &args.detector {
+        let threshold = (kind == DetectorKind::Mtcnn)
+            .then_some(args.mtcnn_threshold)
+            .flatten();
+        let options = DetectorOptions {
+            kind,
+            threshold,
+            assets: assets.clone(),
+        };
+        let detector = options.build()?;
+        let name = format!("{kind:?}").to_lowercase();
+        let s = bench::detection::measure(&name, detector.as_ref(), &photos, args.rounds)?;
+        println!(
+            "| {} | {} | {} | {} | {:.1}% | {} | {:.1} |",
+            s.detector,
+            s.photos,
+            s.counted,
+            s.found,
+            100.0 * s.recall,
+            s.false_detections,
+            s.ms_per_photo
+        );
+        summaries.push(s);
+    }
+    if args.per_photo {
+        for (i, photo) in photos.iter().enumerate() {
+            let found: Vec<String> = summaries
+                .iter()
+                .map(|s| format!("{} {}", s.detector, s.found_per_photo[i]))
+                .collect();
+            println!(
+                "{} ({} counted): {}",
+                photo.path.display(),
+                photo.faces,
+                found.join(", ")
+            );
+        }
     }
     Ok(())
 }
