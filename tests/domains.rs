@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const HINT: &str = "run scripts/fetch-assets emoji avatars ckplus photos";
+const HINT: &str = "run scripts/fetch-assets emoji avatars ckplus photos mtcnn";
 const PER_CLASS: usize = 7;
 const SIZE: u32 = 96;
 const SEED: u64 = 11;
@@ -42,6 +42,7 @@ fn build_into(out: &Path, per_class: usize, seed: u64) -> Vec<DomainSummary> {
         avatars_per_class: per_class,
         seed,
         size: SIZE,
+        align_photos: true,
     };
     domains::build(&options).unwrap()
 }

@@ -38,6 +38,11 @@ pub struct DemoArgs {
     gamma: f64,
     #[arg(long, default_value_t = DemoOptions::default().seed)]
     seed: u64,
+    /// The real photos' faces: found by MTCNN and aligned by their landmarks (the
+    /// default), or `none`: fixed crops for the photos domain and SeetaFace's square boxes
+    /// for the predictions (the demo before MTCNN).
+    #[arg(long, value_enum, default_value = "landmarks")]
+    align: gfer::predict::Alignment,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             lr: args.lr,
             gamma: args.gamma,
             seed: args.seed,
+            align: args.align,
         },
         &stop,
         &progress,

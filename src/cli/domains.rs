@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 use gfer::data::Split;
 use gfer::experiments::domains::{self, BuildOptions, DomainSummary};
+use gfer::predict::Alignment;
 use gfer::Expression;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +39,10 @@ struct BuildArgs {
     /// Width and height of every image, in pixels.
     #[arg(long, default_value_t = 128)]
     size: u32,
+    /// The real photos' faces: found by MTCNN and aligned by their landmarks, as `gfer
+    /// predict` does (its weights are fetched when missing), or `none` for fixed crops.
+    #[arg(long, value_enum, default_value = "landmarks")]
+    align: Alignment,
 }
 
 pub fn run(args: DomainsArgs) -> anyhow::Result<()> {
@@ -49,6 +54,7 @@ pub fn run(args: DomainsArgs) -> anyhow::Result<()> {
                 avatars_per_class: args.avatars_per_class,
                 seed: args.seed,
                 size: args.size,
+                align_photos: args.align == Alignment::Landmarks,
             };
             let start = Instant::now();
             let summaries = domains::build(&options)?;

