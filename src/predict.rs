@@ -28,6 +28,7 @@ pub mod draw;
 pub mod inputs;
 pub mod output;
 pub mod run;
+pub mod video;
 
 use crate::detect::align::{aligned_crop, roll_degrees, Template};
 use crate::detect::{square_crop, DetectorOptions, FaceDetector, Landmarks, Rect};
@@ -131,6 +132,8 @@ pub struct Face {
     pub roll: Option<f32>,
     /// Whether the model saw the face aligned by its landmarks (else the square crop).
     pub aligned: bool,
+    /// The face's track across a video's frames, with tracking on.
+    pub track: Option<u64>,
     /// Probability of each class, in the order of [`Predictor::class_names`].
     pub probabilities: Vec<f32>,
     /// The most probable class.
@@ -366,6 +369,7 @@ impl Predictor {
             landmarks: located.landmarks,
             roll: located.landmarks.as_ref().map(roll_degrees),
             aligned: located.landmarks.is_some() && self.options.align == Alignment::Landmarks,
+            track: None,
             label: self.class_names[top].clone(),
             confidence: probabilities[top],
             probabilities,

@@ -168,6 +168,9 @@ fn csv_has_a_header_and_a_column_per_class() {
             "red",
             "green",
             "blue",
+            "frame",
+            "time",
+            "track",
             "roll",
             "left_eye_x",
             "left_eye_y",
@@ -195,7 +198,7 @@ fn csv_has_a_header_and_a_column_per_class() {
     assert!(blue_probability > 0.9 && blue_probability == blue[9].parse::<f32>().unwrap());
     let errors: Vec<_> = rows.iter().filter(|r| &r[1] == "error").collect();
     assert_eq!(errors.len(), 3);
-    assert!(errors.iter().all(|r| !r[24].is_empty() && r[2].is_empty()));
+    assert!(errors.iter().all(|r| !r[27].is_empty() && r[2].is_empty()));
 }
 
 #[test]
@@ -347,6 +350,7 @@ fn writer_takes_results_one_at_a_time() {
         writer
             .write(&ImageResult {
                 source: source.into(),
+                frame: None,
                 outcome: Err("unreadable".into()),
             })
             .unwrap();

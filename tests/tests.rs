@@ -37,5 +37,7 @@ mod detect;
 mod mtcnn_parity;
 // `gfer predict`: inputs, batching, output formats, drawing, sharding.
 mod predict_cli;
+// `gfer predict` on videos through ffmpeg.
+mod video;
 // The HTTP server: answers, limits, concurrency, shutdown.
 mod serve;

@@ -5,9 +5,10 @@ use clap::Args;
 use gfer::data::Shard;
 use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::image::DecodeLimits;
-use gfer::predict::inputs;
-use gfer::predict::output::{OutputFormat, PredictionWriter};
-use gfer::predict::run::{predict_inputs, RunOptions};
+use gfer::predict::inputs::{self, Input};
+use gfer::predict::output::{ImageResult, OutputFormat, PredictionWriter};
+use gfer::predict::run::{predict_inputs, RunOptions, RunSummary};
+use gfer::predict::video::{is_video, predict_video, VideoOptions};
 use gfer::predict::{Alignment, PredictOptions, Predictor};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -94,14 +95,32 @@ pub struct PredictArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub faces: FaceArgs,
-    /// Image files, folders (searched recursively), glob patterns, or `-` for image bytes
-    /// on stdin.
+    /// Image files, folders (searched recursively), glob patterns, `-` for image bytes on
+    /// stdin, or videos (anything ffmpeg reads: .mp4, .mkv, .webm, ...; a device with
+    /// --input-format).
     #[arg(required = true, value_name = "PATH")]
     pub inputs: Vec<String>,
+    /// Videos: the frames per second to take [default: every frame].
+    #[arg(long, value_name = "N")]
+    pub fps: Option<f64>,
+    /// ffmpeg's input format for a device, e.g. `v4l2` for a webcam at /dev/video0 (every
+    /// input is then read as a video).
+    #[arg(long, value_name = "FORMAT")]
+    pub input_format: Option<String>,
+    /// Videos: link each face to the face of the previous frame it overlaps most (a
+    /// `track` number) and smooth its probabilities along the track.
+    #[arg(long)]
+    pub track: bool,
+    /// With --track: the weight of a frame's own probabilities in the moving average
+    /// (1: no smoothing).
+    #[arg(long, default_value_t = 0.5, value_name = "WEIGHT")]
+    pub smooth: f32,
     /// jsonl, csv or table [default: table on a terminal, jsonl otherwise].
     #[arg(long, value_parser = parse_format)]
     pub format: Option<OutputFormat>,
-    /// Also write a copy of every photo with its faces' boxes and labels under DIR.
+    /// Also write a copy of every photo with its faces' boxes and labels under DIR; a video
+    /// is written back as DIR/<name>.mp4, or to the path itself when it names one video
+    /// file (e.g. --draw out.mp4 for one video input).
     #[arg(long, value_name = "DIR")]
     pub draw: Option<PathBuf>,
     /// Process only the K-th (from 0) of N equal parts of the sorted inputs.
@@ -124,6 +143,65 @@ pub fn load_predictor(model: &ModelArgs, options: PredictOptions) -> anyhow::Res
         .with_context(|| format!("loading {}", model.model.display()))
 }
 
+/// Each video's frames, as records with their frame and time; a video that fails is
+/// recorded (and on stderr) and the others go on.
+fn predict_videos<W: std::io::Write>(
+    args: &PredictArgs,
+    predictor: &Predictor,
+    videos: &[Input],
+    writer: &mut PredictionWriter<W>,
+    summary: &mut RunSummary,
+) -> gfer::Result<()> {
+    for input in videos {
+        let Input::File(path) = input else { continue };
+        let draw = args
+            .draw
+            .as_ref()
+            .map(|draw| match (is_video(draw), videos.len()) {
+                (true, 1) => draw.clone(),
+                _ => draw.join(format!(
+                    "{}.mp4",
+                    path.file_stem().unwrap_or_default().to_string_lossy()
+                )),
+            });
+        let options = VideoOptions {
+            fps: args.fps,
+            input_format: args.input_format.clone(),
+            track: args.track,
+            smoothing: args.smooth,
+            draw,
+            frames_per_step: args.faces.batch_size.clamp(1, 16),
+        };
+        let source = path.display().to_string();
+        match predict_video(predictor, &source, &options, writer) {
+            Ok(video) => {
+                summary.images += video.frames;
+                summary.faces += video.faces;
+                summary.images_without_face += video.frames_without_face;
+                if let Some(why) = video.failed {
+                    eprintln!("{source}: {why}");
+                    summary.failed.push((source, why));
+                }
+            }
+            Err(gfer::Error::Io { source: e, .. })
+                if e.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Err(gfer::Error::io("stdout", e))
+            }
+            Err(e) => {
+                eprintln!("{source}: {e}");
+                writer.write(&ImageResult {
+                    source: source.clone(),
+                    frame: None,
+                    outcome: Err(e.to_string()),
+                })?;
+                summary.failed.push((source, e.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let collected = inputs::collect(&args.inputs);
     for (argument, reason) in &collected.missing {
@@ -142,16 +220,27 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         OutputFormat::Jsonl
     });
     let mut writer = PredictionWriter::new(format, predictor.class_names(), stdout.lock());
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.smooth) && args.smooth > 0.0,
+        "--smooth is a weight in (0, 1], got {}",
+        args.smooth
+    );
+    let (videos, photos): (Vec<Input>, Vec<Input>) = selected.into_iter().partition(
+        |input| matches!(input, Input::File(path) if args.input_format.is_some() || is_video(path)),
+    );
     let options = RunOptions {
         limits: DecodeLimits {
             max_pixels: args.max_pixels,
         },
-        draw_dir: args.draw,
+        draw_dir: args.draw.clone(),
         progress: std::io::stderr().is_terminal(),
         images_per_step: args.faces.batch_size.clamp(1, 16),
     };
-    let finished = predict_inputs(&predictor, &selected, &options, &mut writer)
-        .and_then(|summary| writer.finish().map(|_| summary));
+    let finished =
+        predict_inputs(&predictor, &photos, &options, &mut writer).and_then(|mut summary| {
+            predict_videos(&args, &predictor, &videos, &mut writer, &mut summary)?;
+            writer.finish().map(|_| summary)
+        });
     let summary = match finished {
         // The reader went away (`gfer predict ... | head`): stop quietly, like other tools.
         Err(gfer::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {

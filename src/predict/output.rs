@@ -39,11 +39,20 @@ impl FromStr for OutputFormat {
     }
 }
 
-/// The prediction for one input, or why there is none.
+/// Where a video's frame is: its number (from 0) and its time in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct FrameTime {
+    pub frame: u64,
+    pub time: f64,
+}
+
+/// The prediction for one input (a photo, or a frame of a video), or why there is none.
 #[derive(Clone, Debug)]
 pub struct ImageResult {
     /// The path as given (or `-` for stdin).
     pub source: String,
+    /// The frame, for a video.
+    pub frame: Option<FrameTime>,
     pub outcome: std::result::Result<ImagePrediction, String>,
 }
 
@@ -78,6 +87,9 @@ pub struct FaceJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<f32>,
     pub aligned: bool,
+    /// The face's track across a video's frames, with tracking on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track: Option<u64>,
     pub label: &'a str,
     pub confidence: f32,
     pub probabilities: ClassProbabilities<'a>,
@@ -92,6 +104,7 @@ impl<'a> FaceJson<'a> {
             landmarks: face.landmarks.as_ref(),
             roll: face.roll,
             aligned: face.aligned,
+            track: face.track,
             label: &face.label,
             confidence: face.confidence,
             probabilities: ClassProbabilities {
@@ -105,6 +118,8 @@ impl<'a> FaceJson<'a> {
 #[derive(Serialize)]
 struct FaceLine<'a> {
     path: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    frame: Option<FrameTime>,
     status: &'static str,
     face: usize,
     #[serde(flatten)]
@@ -114,6 +129,8 @@ struct FaceLine<'a> {
 #[derive(Serialize)]
 struct NoFaceLine<'a> {
     path: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    frame: Option<FrameTime>,
     status: &'static str,
     too_small: usize,
 }
@@ -121,6 +138,8 @@ struct NoFaceLine<'a> {
 #[derive(Serialize)]
 struct ErrorLine<'a> {
     path: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    frame: Option<FrameTime>,
     status: &'static str,
     error: &'a str,
 }
@@ -184,6 +203,7 @@ fn write_jsonl<W: Write>(
         Ok(prediction) if prediction.faces.is_empty() => {
             let line = NoFaceLine {
                 path,
+                frame: result.frame,
                 status: "no_face",
                 too_small: prediction.too_small,
             };
@@ -194,6 +214,7 @@ fn write_jsonl<W: Write>(
             for (index, face) in prediction.faces.iter().enumerate() {
                 let line = FaceLine {
                     path,
+                    frame: result.frame,
                     status: "face",
                     face: index,
                     detail: FaceJson::new(face, class_names),
@@ -205,6 +226,7 @@ fn write_jsonl<W: Write>(
         Err(error) => {
             let line = ErrorLine {
                 path,
+                frame: result.frame,
                 status: "error",
                 error,
             };
@@ -228,9 +250,12 @@ const CSV_FIXED_COLUMNS: [&str; 10] = [
     "confidence",
 ];
 
-/// After the class probabilities: the head's roll and the five landmarks (empty when the
-/// detector gives none).
-const CSV_FACE_COLUMNS: [&str; 11] = [
+/// After the class probabilities: a video's frame and time and the face's track, the head's
+/// roll and the five landmarks (each empty when it does not apply).
+const CSV_FACE_COLUMNS: [&str; 14] = [
+    "frame",
+    "time",
+    "track",
     "roll",
     "left_eye_x",
     "left_eye_y",
@@ -243,6 +268,14 @@ const CSV_FACE_COLUMNS: [&str; 11] = [
     "mouth_right_x",
     "mouth_right_y",
 ];
+
+/// A video frame's number and time as CSV fields (empty for a photo).
+fn frame_columns(frame: Option<FrameTime>) -> [String; 2] {
+    match frame {
+        Some(f) => [f.frame.to_string(), format!("{:.3}", f.time)],
+        None => [String::new(), String::new()],
+    }
+}
 
 fn write_csv<W: Write>(
     out: &mut csv::Writer<W>,
@@ -264,6 +297,8 @@ fn write_csv<W: Write>(
             let mut row = vec![String::new(); columns];
             row[0] = path.to_string();
             row[1] = "no_face".into();
+            let at = CSV_FIXED_COLUMNS.len() + class_names.len();
+            row.splice(at..at + 2, frame_columns(result.frame));
             out.write_record(&row)?;
         }
         Ok(prediction) => {
@@ -283,6 +318,8 @@ fn write_csv<W: Write>(
                     format!("{:.6}", face.confidence),
                 ];
                 row.extend(face.probabilities.iter().map(|p| format!("{p:.6}")));
+                row.extend(frame_columns(result.frame));
+                row.push(face.track.map(|t| t.to_string()).unwrap_or_default());
                 row.push(face.roll.map(|r| format!("{r:.2}")).unwrap_or_default());
                 let points = face.landmarks.iter().flatten().flatten();
                 let points: Vec<String> = points.map(|v| format!("{v:.2}")).collect();
@@ -300,6 +337,8 @@ fn write_csv<W: Write>(
             let mut row = vec![String::new(); columns];
             row[0] = path.to_string();
             row[1] = "error".into();
+            let at = CSV_FIXED_COLUMNS.len() + class_names.len();
+            row.splice(at..at + 2, frame_columns(result.frame));
             row[columns - 1] = error.clone();
             out.write_record(&row)?;
         }

@@ -88,7 +88,11 @@ pub fn predict_inputs<W: Write>(
                 Ok(i) => (predictions[i].clone(), Some(&images[i])),
                 Err(reason) => (Err(reason), None),
             };
-            let result = ImageResult { source, outcome };
+            let result = ImageResult {
+                source,
+                frame: None,
+                outcome,
+            };
             writer.write(&result)?;
             summary.images += 1;
             let mut problem = None;
