@@ -12,7 +12,20 @@ const MODEL: &str = "rustface-0.1.7/model/seeta_fd_frontal_v1.0.bin";
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     record_revision();
+    record_cuda_compute_cap();
     embed_seetaface_model();
+}
+
+/// `GFER_CUDA_COMPUTE_CAP`: the compute capability a CUDA build's kernels are built for
+/// (candle-kernels reads `CUDA_COMPUTE_CAP`), so that gfer can refuse an older GPU with a
+/// message instead of failing at the first kernel.
+fn record_cuda_compute_cap() {
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {
+            println!("cargo:rustc-env=GFER_CUDA_COMPUTE_CAP={cap}");
+        }
+    }
 }
 
 /// `GFER_GIT_REVISION`: the commit of the checkout being built, empty outside one.

@@ -40,6 +40,11 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// The device asked for (`--device cuda`) cannot be used: the reason says what to
+    /// install or build.
+    #[error("{0}")]
+    Device(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
@@ -105,6 +110,7 @@ impl Error {
             | Error::Data { .. }
             | Error::Bundle { .. }
             | Error::Config(_)
+            | Error::Device(_)
             | Error::Dataset { .. }
             | Error::MissingAsset { .. }
             | Error::Detection(_)

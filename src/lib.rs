@@ -7,6 +7,7 @@ pub mod assets;
 pub mod backbone;
 pub mod data;
 pub mod detect;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod experiments;

@@ -2,18 +2,32 @@
 
 use anyhow::Context;
 use gfer::data::ImageSource;
+use gfer::device::DeviceChoice;
 use gfer::Expression;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// The compute device: CUDA when built with `--features cuda` and a GPU is present.
-pub fn device() -> anyhow::Result<candle_core::Device> {
-    #[cfg(feature = "cuda")]
-    if candle_core::utils::cuda_is_available() {
-        return Ok(candle_core::Device::new_cuda(0)?);
+/// `--device`, the same flag on every subcommand that computes (`gfer::device`).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct DeviceArgs {
+    /// Where to compute: `cpu`, `cuda` (the first GPU) or `cuda:N` (GPU N, from 0).
+    /// Default: the first GPU when this gfer is built with CUDA and one is usable (else
+    /// the CPU, saying why no GPU is used). The log names the device that runs.
+    #[arg(long, value_name = "cpu|cuda[:N]", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
+}
+
+impl DeviceArgs {
+    /// The device asked for, or the default; `--device cuda` without a usable GPU (or in a
+    /// build without CUDA) is an error that says why.
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(gfer::device::select(self.device.unwrap_or_default())?)
     }
-    Ok(candle_core::Device::Cpu)
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse().map_err(|e: gfer::Error| e.to_string())
 }
 
 /// One image named on the command line, with its label when it came from a data set.
@@ -101,4 +115,69 @@ pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
 /// `K/N` for `--shard` and `--cell`: task K's part of N in a job array.
 pub fn parse_shard(text: &str) -> Result<gfer::data::Shard, String> {
     text.parse().map_err(|e: gfer::Error| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        device: DeviceArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Option<DeviceChoice>, clap::Error> {
+        let args = std::iter::once("gfer").chain(args.iter().copied());
+        Cli::try_parse_from(args).map(|cli| cli.device.device)
+    }
+
+    #[test]
+    fn the_device_flag_parses_cpu_cuda_and_a_gpu_number() {
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(
+            parse(&["--device", "cpu"]).unwrap(),
+            Some(DeviceChoice::Cpu)
+        );
+        assert_eq!(
+            parse(&["--device", "cuda"]).unwrap(),
+            Some(DeviceChoice::Cuda(0))
+        );
+        assert_eq!(
+            parse(&["--device=cuda:1"]).unwrap(),
+            Some(DeviceChoice::Cuda(1))
+        );
+        let error = parse(&["--device", "tpu"]).unwrap_err().to_string();
+        assert!(error.contains("expected cpu, cuda"), "{error}");
+    }
+
+    #[test]
+    fn without_the_flag_a_cpu_build_computes_on_the_cpu() {
+        let device = DeviceArgs::default().device().unwrap();
+        if !gfer::device::built_with_cuda() {
+            assert!(device.is_cpu());
+        }
+        assert!(DeviceArgs {
+            device: Some(DeviceChoice::Cpu)
+        }
+        .device()
+        .unwrap()
+        .is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_given_device_cuda_says_it_has_no_cuda() {
+        let error = DeviceArgs {
+            device: Some(DeviceChoice::Cuda(0)),
+        }
+        .device()
+        .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--device cuda:0: this gfer was built without CUDA"),
+            "{message}"
+        );
+    }
 }

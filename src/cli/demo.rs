@@ -43,10 +43,12 @@ pub struct DemoArgs {
     /// for the predictions (the demo before MTCNN).
     #[arg(long, value_enum, default_value = "landmarks")]
     align: gfer::predict::Alignment,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let device = super::device()?;
+    let device = args.device.device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
     let report = demo::run(

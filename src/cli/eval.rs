@@ -35,10 +35,12 @@ pub struct EvalArgs {
     batch_size: usize,
     #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     max_pixels: u64,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let device = super::device()?;
+    let device = args.device.device()?;
     let model = ExpressionModel::load(&args.model, args.weights.as_deref(), &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let limits = DecodeLimits {

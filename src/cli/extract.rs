@@ -52,10 +52,12 @@ pub struct ExtractArgs {
     /// `rafdb:/data/raf-basic` (all splits; add `:split=train` for one).
     #[arg(required = true)]
     inputs: Vec<String>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
-    let device = super::device()?;
+    let device = args.device.device()?;
     let encoder = load_encoder(args.backbone, &args.weights, &device)
         .with_context(|| format!("loading encoder weights {}", args.weights.display()))?;
     let preprocess = Preprocess::new(args.preprocess, encoder.input_size() as u32);

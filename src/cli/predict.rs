@@ -23,6 +23,8 @@ pub struct ModelArgs {
     /// read no frozen feature).
     #[arg(long, value_name = "ENCODER")]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 /// How faces are found and batched.
@@ -138,7 +140,7 @@ fn parse_format(text: &str) -> Result<OutputFormat, String> {
 /// The model behind `--model` and `--weights` as a predictor: the one place `predict`
 /// and `serve` load it.
 pub fn load_predictor(model: &ModelArgs, options: PredictOptions) -> anyhow::Result<Predictor> {
-    let device = super::device()?;
+    let device = model.device.device()?;
     Predictor::from_bundle(&model.model, model.weights.as_deref(), &device, options)
         .with_context(|| format!("loading {}", model.model.display()))
 }

@@ -69,6 +69,8 @@ pub struct ProtocolArgs {
     reference: Option<String>,
     #[command(flatten)]
     train: super::train::TrainingFlags,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(args: ProtocolArgs) -> anyhow::Result<()> {
@@ -82,7 +84,7 @@ pub fn run(args: ProtocolArgs) -> anyhow::Result<()> {
         );
     }
     let out = args.out.clone().context("--out is required")?;
-    let device = super::device()?;
+    let device = args.device.device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
     let default = args.train.fast.then_some(args.train.generator);

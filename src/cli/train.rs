@@ -51,6 +51,8 @@ pub struct TrainArgs {
     stop_after_steps: Option<usize>,
     #[command(flatten)]
     flags: TrainingFlags,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// The settings of a training run shared by `gfer train` and `gfer protocol`.
@@ -196,7 +198,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             (cfg, out)
         }
     };
-    let device = super::device()?;
+    let device = args.device.device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
     let watch = run::Watch {
@@ -234,7 +236,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 fn build_cache(args: &TrainArgs) -> anyhow::Result<()> {
     let data = args.data.clone().context("--data is required")?;
     let cfg = args.flags.config(data, args.method);
-    let device = super::device()?;
+    let device = args.device.device()?;
     let stop = super::stop_on_ctrl_c()?;
     let progress = super::progress_bar(0, "images");
     let watch = run::Watch {
