@@ -265,3 +265,47 @@ fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
     }
     assert!(encoder.encode_with_tokens(&pixels, 3).is_err());
 }
+
+/// `--compare-cpu` runs the same weights on the CPU beside `--device` and prints the
+/// largest relative difference (none, here, where both are the CPU).
+#[test]
+fn bench_encode_compares_the_device_with_the_cpu() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args([
+            "bench",
+            "encode",
+            "--device",
+            "cpu",
+            "--compare-cpu",
+            "--weights",
+        ])
+        .arg(common::fixture("clip/tiny_openai.safetensors"))
+        .args([
+            "--batch",
+            "2",
+            "--threads",
+            "1",
+            "--seconds",
+            "0",
+            "--min-batches",
+            "1",
+        ])
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines[0]["settings"]["device"], "cpu");
+    let compared = lines
+        .iter()
+        .find(|l| l.get("max_relative_difference_from_cpu").is_some())
+        .expect("a comparison line");
+    assert_eq!(compared["device"], "cpu");
+    assert_eq!(compared["batch"], 2);
+    assert_eq!(compared["max_relative_difference_from_cpu"], 0.0);
+}

@@ -88,3 +88,58 @@ fn every_subcommand_explains_itself() {
         );
     }
 }
+
+/// `--device` is one flag on every subcommand that computes; a CPU build refuses
+/// `--device cuda` saying that it has no CUDA and how to build one that has.
+#[test]
+fn every_computing_subcommand_takes_the_device_flag() {
+    for sub in [
+        &["train"][..],
+        &["eval"],
+        &["protocol"],
+        &["extract"],
+        &["predict"],
+        &["serve"],
+        &["demo"],
+        &["bench", "encode"],
+        &["bench", "train"],
+        &["bench", "parity"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_gfer"))
+            .args(sub)
+            .arg("--help")
+            .output()
+            .expect("gfer runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains("--device <cpu|cuda[:N]>"),
+            "{sub:?} --help:\n{text}"
+        );
+    }
+    let parity = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gfer"))
+            .args(["bench", "parity", "--device", device])
+            .arg(common::fixture("parity/small_b1.safetensors"))
+            .output()
+            .expect("gfer runs")
+    };
+    let on_cpu = parity("cpu");
+    let stdout = String::from_utf8_lossy(&on_cpu.stdout);
+    let stderr = String::from_utf8_lossy(&on_cpu.stderr);
+    assert!(on_cpu.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("parity on cpu: 2 replays of 1 fixtures, every value within tolerance"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("device: cpu"), "{stderr}");
+    if !gfer::device::built_with_cuda() {
+        let refused = parity("cuda");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--device cuda:0: this gfer was built without CUDA")
+                && stderr.contains("scripts/build-cuda"),
+            "{stderr}"
+        );
+    }
+}

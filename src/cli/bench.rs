@@ -5,8 +5,9 @@ use clap::{Args, Subcommand};
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
 use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::experiments::bench;
+use gfer::experiments::bench::parity;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -28,6 +29,22 @@ pub enum BenchCommand {
     /// Face detection on photos whose faces were counted by hand: recall, false detections
     /// and milliseconds per photo of each detector.
     Detect(DetectBenchArgs),
+    /// Replays the CAFE parity fixtures (the authors' training steps in PyTorch) on a
+    /// device and compares every value, as tests/cafe_parity.rs does on the CPU: checks a
+    /// GPU build against the authors' numbers.
+    Parity(ParityArgs),
+}
+
+#[derive(Args)]
+pub struct ParityArgs {
+    /// Fixture files, or folders of them (every *.safetensors inside).
+    #[arg(default_value = "tests/fixtures/parity")]
+    pub fixtures: Vec<PathBuf>,
+    /// Replay in f32 only (the first forward pass), skipping the f64 replay of every step.
+    #[arg(long)]
+    pub f32_only: bool,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Args)]
@@ -99,6 +116,8 @@ pub struct TrainBenchArgs {
     pub extract_batch: usize,
     #[arg(long, default_value_t = 3.0)]
     pub extract_seconds: f64,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,9 +154,15 @@ pub struct EncodeArgs {
     /// `embeds` [B,D]; prints gfer's maximum relative difference from them.
     #[arg(long, requires = "weights")]
     pub reference: Option<PathBuf>,
+    /// With --weights: also run the encoder on the CPU on the same random pixels and print
+    /// the largest relative difference of --device's embeddings from the CPU's.
+    #[arg(long, requires = "weights")]
+    pub compare_cpu: bool,
     /// Print one JSON object per measurement instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -145,21 +170,95 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Encode(args) => encode(args),
         BenchCommand::Train(args) => train(args),
         BenchCommand::Detect(args) => detect(args),
+        BenchCommand::Parity(args) => parity(args),
     }
+}
+
+/// `cpu` or `cuda:N`, as `--device` and PyTorch name it.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn parity(args: ParityArgs) -> anyhow::Result<()> {
+    let device = args.device.device()?;
+    let name = device_name(&device);
+    let files = parity::fixtures_in(&args.fixtures)?;
+    let mut failures = Vec::new();
+    let mut replays = 0;
+    for file in &files {
+        for (dtype, all_steps) in parity::REPLAYS {
+            if args.f32_only && dtype != candle_core::DType::F32 {
+                continue;
+            }
+            let started = Instant::now();
+            let report = parity::replay(file, &device, dtype, all_steps)
+                .with_context(|| format!("replaying {} in {dtype:?} on {name}", file.display()))?;
+            replays += 1;
+            let what = if all_steps {
+                "every step"
+            } else {
+                "first forward"
+            };
+            println!(
+                "{} in {dtype:?} on {name} ({what}): {} ({:.1} s)",
+                file.display(),
+                if report.failures.is_empty() {
+                    "ok"
+                } else {
+                    "MISMATCH"
+                },
+                started.elapsed().as_secs_f64()
+            );
+            for (kind, (rel, tensor)) in &report.worst {
+                println!("  worst {kind:<13} {rel:.2e}  ({tensor})");
+            }
+            if let Some((rel, tensor)) = &report.f32_gradient {
+                println!("  (f32 gradients, not compared: worst {rel:.2e} at {tensor})");
+            }
+            failures.extend(
+                report
+                    .failures
+                    .iter()
+                    .map(|f| format!("{} in {dtype:?}: {f}", file.display())),
+            );
+        }
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of the values differ from the authors' beyond tolerance (forward {:.0e}, \
+         later {:.0e}) on {name}:\n{}",
+        failures.len(),
+        parity::FORWARD_TOL,
+        parity::LATER_TOL,
+        failures.join("\n")
+    );
+    println!(
+        "parity on {name}: {replays} replays of {} fixtures, every value within tolerance \
+         (forward {:.0e}, later {:.0e})",
+        files.len(),
+        parity::FORWARD_TOL,
+        parity::LATER_TOL
+    );
+    Ok(())
 }
 
 fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let device = args.device.device()?;
     println!(
         "settings: {}",
-        serde_json::json!({"gfer": env!("CARGO_PKG_VERSION"), "cores": cores, "cpu": cpu_description()})
+        serde_json::json!({"gfer": env!("CARGO_PKG_VERSION"), "device": device_name(&device), "cores": cores, "cpu": cpu_description()})
     );
     let extract_ips = match args.what.contains(&TrainStage::Extract) {
-        true => Some(measure_extraction(&args, cores)?),
+        true => Some(measure_extraction(&args, cores, &device)?),
         false => None,
     };
     if args.what.contains(&TrainStage::Full) {
-        measure_full_steps(&args, extract_ips)?;
+        measure_full_steps(&args, extract_ips, &device)?;
     }
     if args.what.contains(&TrainStage::Fast) {
         let bench = bench::fast_mode(
@@ -168,6 +267,7 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
             args.views,
             args.epochs,
             args.mlp_hidden.clone(),
+            &device,
         )?;
         println!(
             "(ii) fast mode, MLP {:?} on {}-d features: {} epochs x {} images in {:.1} s, {:.0} images/s",
@@ -183,8 +283,12 @@ fn train(args: TrainBenchArgs) -> anyhow::Result<()> {
 }
 
 /// (iii): the encoder forward that the full recipe and the cache both need, in images/s.
-fn measure_extraction(args: &TrainBenchArgs, cores: usize) -> anyhow::Result<f64> {
-    let device = candle_core::Device::Cpu;
+fn measure_extraction(
+    args: &TrainBenchArgs,
+    cores: usize,
+    device: &candle_core::Device,
+) -> anyhow::Result<f64> {
+    let device = device.clone();
     let encoder: Box<dyn Encoder> = match &args.weights {
         Some(path) => load_encoder(None, path, &device)
             .with_context(|| format!("loading {}", path.display()))?,
@@ -205,20 +309,30 @@ fn measure_extraction(args: &TrainBenchArgs, cores: usize) -> anyhow::Result<f64
         &device,
     )?;
     println!(
-        "(iii) extraction, {} batch {} on {} threads: {:.2} images/s ({:.1} ms/image)",
-        m.setting.encoder, args.extract_batch, cores, m.images_per_second, m.ms_per_image
+        "(iii) extraction, {} batch {} on {} ({} threads): {:.2} images/s ({:.1} ms/image)",
+        m.setting.encoder,
+        args.extract_batch,
+        device_name(&device),
+        cores,
+        m.images_per_second,
+        m.ms_per_image
     );
     Ok(m.images_per_second)
 }
 
 /// (i): the full recipe's step, alternating with PyTorch's when --python is given.
-fn measure_full_steps(args: &TrainBenchArgs, extract_ips: Option<f64>) -> anyhow::Result<()> {
+fn measure_full_steps(
+    args: &TrainBenchArgs,
+    extract_ips: Option<f64>,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
     let mut ratios = Vec::new();
+    let name = device_name(device);
     for round in 1..=args.rounds.max(1) {
-        let ours = bench::full_step(args.batch, args.steps, args.side)?;
+        let ours = bench::full_step(args.batch, args.steps, args.side, device)?;
         let ips = args.batch as f64 / ours;
         let mut line = format!(
-            "(i) full recipe step, round {round}: batch {} at {side}x{side}: gfer {:.0} ms/step, {ips:.2} images/s",
+            "(i) full recipe step on {name}, round {round}: batch {} at {side}x{side}: gfer {:.1} ms/step, {ips:.2} images/s",
             args.batch,
             ours * 1e3,
             side = args.side
@@ -230,12 +344,18 @@ fn measure_full_steps(args: &TrainBenchArgs, extract_ips: Option<f64>) -> anyhow
                 args.batch,
                 args.steps,
                 args.side,
+                &name,
             )?;
             let ratio = torch.seconds_per_step / ours;
             ratios.push(ratio);
             line += &format!(
-                "; PyTorch {} ({} threads) {:.0} ms/step; gfer/PyTorch speed {ratio:.2}x",
+                "; PyTorch {} on {} ({} threads) {:.1} ms/step; gfer/PyTorch speed {ratio:.2}x",
                 torch.torch,
+                if torch.device.is_empty() {
+                    "cpu"
+                } else {
+                    &torch.device
+                },
                 torch.threads,
                 torch.seconds_per_step * 1e3
             );
@@ -264,7 +384,7 @@ fn measure_full_steps(args: &TrainBenchArgs, extract_ips: Option<f64>) -> anyhow
 }
 
 fn encode(args: EncodeArgs) -> anyhow::Result<()> {
-    let device = candle_core::Device::Cpu;
+    let device = args.device.device()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = if args.threads.is_empty() {
         vec![1, cores]
@@ -275,7 +395,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     let encoders = encoders_to_measure(&args, &device)?;
     let settings = serde_json::json!({
         "gfer": env!("CARGO_PKG_VERSION"),
-        "device": "cpu",
+        "device": device_name(&device),
         "dtype": "f32",
         "cores": cores,
         "cpu": cpu_description(),
@@ -293,6 +413,13 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     }
     if let Some(reference) = &args.reference {
         compare_with_reference(encoders[0].as_ref(), reference, args.json, &device)?;
+    }
+    if args.compare_cpu {
+        if let Some(weights) = &args.weights {
+            for &batch in &args.batch {
+                compare_with_cpu(encoders[0].as_ref(), weights, batch, args.json, &device)?;
+            }
+        }
     }
     if !args.json {
         println!(
@@ -392,6 +519,41 @@ fn compare_with_reference(
         println!(
             "max relative difference from {}: {relative:.2e}",
             reference.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints the largest relative difference of the encoder's embeddings on `device` from the
+/// same weights' on the CPU, for one batch of random pixels (`max |device - cpu| / max |cpu|`).
+fn compare_with_cpu(
+    encoder: &dyn Encoder,
+    weights: &std::path::Path,
+    batch: usize,
+    json: bool,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
+    let cpu = candle_core::Device::Cpu;
+    let on_cpu = load_encoder(None, weights, &cpu)
+        .with_context(|| format!("loading {} on the CPU", weights.display()))?;
+    let pixels = bench::random_pixels(encoder, batch, 7, &cpu)?;
+    let expected = on_cpu.encode(&pixels)?;
+    let ours = encoder
+        .encode(&pixels.to_device(device)?)?
+        .to_device(&cpu)?;
+    let diff = (&ours - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
+    let relative = diff / scale;
+    let name = device_name(device);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "encoder": encoder.id(), "device": name, "batch": batch, "max_relative_difference_from_cpu": relative })
+        );
+    } else {
+        println!(
+            "{} on {name} against the CPU, batch {batch}: max relative difference {relative:.2e}",
+            encoder.id()
         );
     }
     Ok(())

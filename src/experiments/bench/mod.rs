@@ -1,9 +1,11 @@
 //! Measurements for `gfer bench`: the frozen encoders (images per second at a batch size
 //! and thread count, here), training ([`training`]: fast mode, the full recipe's step and
-//! the authors' step in PyTorch), and face detection ([`detection`]: recall, false
-//! detections and time per photo).
+//! the authors' step in PyTorch), face detection ([`detection`]: recall, false
+//! detections and time per photo), and the CAFE parity fixtures replayed on a device
+//! ([`parity`]).
 
 pub mod detection;
+pub mod parity;
 pub mod training;
 
 pub use training::{fast_mode, full_step, torch_full_step, FastBench, TorchStep};

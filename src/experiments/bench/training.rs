@@ -34,19 +34,21 @@ impl FastBench {
     }
 }
 
-/// Trains CAFE in fast mode for `epochs` over `images` synthetic cached features of
-/// width `dim` with `views` views each (the time excludes building the cache).
+/// Trains CAFE in fast mode on `device` for `epochs` over `images` synthetic cached
+/// features of width `dim` with `views` views each (the time excludes building the cache).
 pub fn fast_mode(
     images: usize,
     dim: usize,
     views: usize,
     epochs: usize,
     hidden: Vec<usize>,
+    device: &Device,
 ) -> Result<FastBench> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("temporary folder", e))?;
-    let device = Device::Cpu;
+    let device = device.clone();
     let hashes: Vec<String> = (0..images).map(|i| format!("{i:064x}")).collect();
-    let features = Tensor::randn(0f32, 1.0, (images, views, dim), &device)?.abs()?;
+    // Made on the CPU: the cache is a file on disk whatever the device.
+    let features = Tensor::randn(0f32, 1.0, (images, views, dim), &Device::Cpu)?.abs()?;
     let path = dir.path().join("views.safetensors");
     let metadata = BTreeMap::from([(
         "hashes".to_string(),
@@ -89,6 +91,7 @@ pub fn fast_mode(
     };
     let started = Instant::now();
     fit::train(&ctx, &model, &source, None, &mut |_, _| Ok(()))?;
+    device.synchronize()?;
     Ok(FastBench {
         images,
         epochs,
@@ -96,10 +99,10 @@ pub fn fast_mode(
     })
 }
 
-/// The median time of one full-recipe training step at batch `batch` on `side` x `side`
-/// random images (one untimed warm-up step first).
-pub fn full_step(batch: usize, steps: usize, side: usize) -> Result<f64> {
-    let device = Device::Cpu;
+/// The median time of one full-recipe training step on `device` at batch `batch` on
+/// `side` x `side` random images (one untimed warm-up step first).
+pub fn full_step(batch: usize, steps: usize, side: usize, device: &Device) -> Result<f64> {
+    let device = device.clone();
     let cfg = CafeConfig::default();
     let generator = GeneratorSpec::Resnet {
         widths: cfg.trunk_widths,
@@ -124,6 +127,8 @@ pub fn full_step(batch: usize, steps: usize, side: usize) -> Result<f64> {
         let drop = drop_vector(cfg.feature_dim, cfg.classes, cfg.drop_per_group, &mut rng)?;
         let started = Instant::now();
         step.step(&batch_inputs, &drop)?;
+        // The step reads its figures back, which waits for the GPU; this makes sure.
+        device.synchronize()?;
         if round > 0 {
             times.push(started.elapsed().as_secs_f64());
         }
@@ -137,18 +142,22 @@ pub fn full_step(batch: usize, steps: usize, side: usize) -> Result<f64> {
 pub struct TorchStep {
     pub torch: String,
     pub threads: usize,
+    /// PyTorch's device, with the GPU's name and cuDNN's TF32 setting on a GPU.
+    #[serde(default)]
+    pub device: String,
     pub seconds_per_step: f64,
 }
 
 /// Runs the authors' training step in PyTorch: `script` (gfer's
 /// `scripts/bench_train_step.py`, beside the reference model it imports) under `python`,
-/// which must have torch.
+/// which must have torch, on PyTorch's `device` (`cpu`, `cuda:0`).
 pub fn torch_full_step(
     python: &Path,
     script: &Path,
     batch: usize,
     steps: usize,
     side: usize,
+    device: &str,
 ) -> Result<TorchStep> {
     if !script.is_file() {
         return Err(Error::MissingAsset {
@@ -162,6 +171,7 @@ pub fn torch_full_step(
     let output = std::process::Command::new(python)
         .arg(script)
         .args([batch, steps.max(1), side].map(|v| v.to_string()))
+        .arg(device)
         .output()
         .map_err(|e| Error::io(python, e))?;
     if !output.status.success() {
