@@ -30,8 +30,9 @@ pub mod output;
 pub mod run;
 pub mod video;
 
+use crate::data::FaceCropping;
 use crate::detect::align::{aligned_crop, roll_degrees, Template};
-use crate::detect::{square_crop, DetectorOptions, FaceDetector, Landmarks, Rect};
+use crate::detect::{square_crop, DetectorKind, DetectorOptions, FaceDetector, Landmarks, Rect};
 use crate::error::{Error, Result};
 use crate::model::argmax;
 use crate::model::inference::ExpressionModel;
@@ -114,6 +115,42 @@ impl PredictOptions {
         }
         Ok(())
     }
+
+    /// How these options cut faces from photos, in the terms a bundle records them;
+    /// `None` with detection off (the photos are then the user's own crops).
+    pub fn face_cropping(&self) -> Option<FaceCropping> {
+        if !self.detect {
+            return None;
+        }
+        let (detector, has_landmarks) = match self.detector.kind {
+            DetectorKind::Mtcnn => ("mtcnn", true),
+            DetectorKind::Seetaface => ("seetaface", false),
+        };
+        let aligned = has_landmarks && self.align == Alignment::Landmarks;
+        Some(FaceCropping {
+            detector: detector.into(),
+            align: if aligned { "landmarks" } else { "none" }.into(),
+            margin: Some(self.crop_margin),
+        })
+    }
+}
+
+/// The warning for a model whose training faces were cut (`trained`) otherwise than
+/// `options` cut them; `None` when they agree or either is unknown.
+pub fn cutting_mismatch(
+    trained: Option<&FaceCropping>,
+    options: &PredictOptions,
+) -> Option<String> {
+    let (trained, ours) = (trained?, options.face_cropping()?);
+    let differences = trained.differences(&ours);
+    if differences.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the model learned from faces cut with {trained}; these faces are cut with {}: \
+         expect lower accuracy",
+        differences.join(", ")
+    ))
 }
 
 /// One face found in a photo and what the model makes of it.
@@ -188,6 +225,9 @@ impl Predictor {
         options: PredictOptions,
     ) -> Result<Self> {
         let model = ExpressionModel::load(bundle, encoder_weights, device)?;
+        if let Some(warning) = cutting_mismatch(model.meta.faces.as_ref(), &options) {
+            tracing::warn!("{}: {warning}", bundle.display());
+        }
         Self::new(Arc::new(model), options)
     }
 
@@ -393,6 +433,41 @@ struct LocatedFaces {
 mod tests {
     use super::*;
     use crate::detect::FaceBox;
+
+    #[test]
+    fn options_name_how_they_cut_faces_and_a_differently_trained_model_is_warned_of() {
+        let defaults = PredictOptions::default();
+        let mtcnn_aligned = defaults.face_cropping().unwrap();
+        assert_eq!(
+            (
+                mtcnn_aligned.detector.as_str(),
+                mtcnn_aligned.align.as_str()
+            ),
+            ("mtcnn", "landmarks")
+        );
+        assert_eq!(cutting_mismatch(Some(&mtcnn_aligned), &defaults), None);
+        assert_eq!(cutting_mismatch(None, &defaults), None);
+        // SeetaFace gives no landmarks: its faces are never aligned.
+        let seetaface = PredictOptions {
+            detector: DetectorOptions {
+                kind: DetectorKind::Seetaface,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(seetaface.face_cropping().unwrap().align, "none");
+        let warning = cutting_mismatch(Some(&mtcnn_aligned), &seetaface).unwrap();
+        assert!(
+            warning.contains("detector seetaface instead of mtcnn"),
+            "{warning}"
+        );
+        let no_detection = PredictOptions {
+            detect: false,
+            ..Default::default()
+        };
+        assert_eq!(no_detection.face_cropping(), None);
+        assert_eq!(cutting_mismatch(Some(&mtcnn_aligned), &no_detection), None);
+    }
 
     /// Probabilities from the mean red and green of each crop: class 0 wins on red
     /// crops, class 1 on green ones.
