@@ -228,12 +228,7 @@ impl Predictor {
         let crops: Vec<RgbImage> = located
             .iter()
             .zip(images)
-            .flat_map(|(faces, image)| {
-                faces.boxes.iter().map(move |face| {
-                    let c = face.crop;
-                    image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()
-                })
-            })
+            .flat_map(|(faces, image)| faces.boxes.iter().map(move |face| crop(image, face.crop)))
             .collect();
         let probabilities = self.classify(&crops)?;
 
@@ -332,6 +327,12 @@ impl Predictor {
     }
 }
 
+/// The pixels of `region` of `image`: with a face's [`Face::crop`], the square the model
+/// saw, before its preprocessing (e.g. to show or save the faces found).
+pub fn crop(image: &RgbImage, region: Rect) -> RgbImage {
+    image::imageops::crop_imm(image, region.x, region.y, region.width, region.height).to_image()
+}
+
 struct LocatedFace {
     bbox: Rect,
     crop: Rect,
@@ -426,6 +427,16 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-5);
             assert!(face.confidence > 0.99);
         }
+    }
+
+    #[test]
+    fn a_crop_is_the_region_as_the_model_saw_it() {
+        let image = red_and_green();
+        let region = rect(90, 10, 20, 30);
+        let pixels = crop(&image, region);
+        assert_eq!(pixels.dimensions(), (20, 30));
+        assert_eq!(pixels.get_pixel(9, 0).0, [255, 0, 0]);
+        assert_eq!(pixels.get_pixel(10, 29).0, [0, 255, 0]);
     }
 
     #[test]
