@@ -51,11 +51,15 @@ macro_rules! dict {
     }};
 }
 
-/// A `str` (split at commas, as the CLI splits the flag) or a list of `str`.
-fn strings(option: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+/// A `str` or a list of `str`; with `commas`, a `str` is split at commas as the CLI
+/// splits the flag's value.
+fn strings(option: &str, value: &Bound<'_, PyAny>, commas: bool) -> PyResult<Vec<String>> {
     if value.is_instance_of::<PyString>() {
-        return Ok(value
-            .extract::<String>()?
+        let text: String = value.extract()?;
+        if !commas {
+            return Ok(vec![text]);
+        }
+        return Ok(text
             .split(',')
             .filter(|s| !s.is_empty())
             .map(str::to_string)
@@ -486,7 +490,7 @@ pub fn evaluate<'py>(
     device: &str,
     progress: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let specs = strings("data", data)?;
+    let specs = strings("data", data, false)?;
     if specs.is_empty() {
         return Err(bad_input("evaluate: data names no data set"));
     }
@@ -731,7 +735,7 @@ pub fn protocol<'py>(
         })
         .transpose()?;
     let methods = match method {
-        Some(method) => strings("method", method)?,
+        Some(method) => strings("method", method, true)?,
         None => vec!["cafe".to_string()],
     };
     let default = flags.fast.then_some(flags.generator);
@@ -741,8 +745,8 @@ pub fn protocol<'py>(
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| bad_input(format!("method {e}")))?;
     let cfg = ProtocolConfig {
-        sources: name_specs(&strings("source", source)?),
-        targets: name_specs(&strings("target", target)?),
+        sources: name_specs(&strings("source", source, true)?),
+        targets: name_specs(&strings("target", target, true)?),
         methods,
         base: flags.config(String::new(), Method::Cafe),
         fast: flags.fast_config(),

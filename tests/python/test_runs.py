@@ -171,6 +171,9 @@ def test_run_folders_and_data_sets_are_checked(dataset, tiny_clip, trained, tmp_
         gfer.train("nope:/x", tmp_path / "run", weights=tiny_clip)
     with pytest.raises(FileNotFoundError, match="config.json"):
         gfer.train(resume=tmp_path / "no-run")
+    # One --data value is one spec, commas and all (gfer eval does not split it).
+    with pytest.raises(gfer.GferError, match="folder:/nowhere,else"):
+        gfer.evaluate(trained["bundle"], "folder:/nowhere,else", weights=tiny_clip)
     with pytest.raises(gfer.GferError, match="split: unknown split 'dev'"):
         gfer.evaluate(trained["bundle"], dataset, weights=tiny_clip, split="dev")
     with pytest.raises(gfer.GferError, match=r"method 'slow' is not a method"):
