@@ -209,7 +209,12 @@ def test_defaults_are_the_clis(gfer_bin, function, command):
     output format of `gfer predict` aside: Python gets objects)."""
     cli = cli_defaults(gfer_bin, command)
     cli.pop("format", None)
-    parameters = inspect.signature(function).parameters
+    try:
+        parameters = inspect.signature(function).parameters
+    except ValueError:
+        if sys.version_info < (3, 10):
+            pytest.skip("a class of the stable ABI shows no signature before Python 3.10")
+        raise
     for flag, theirs in cli.items():
         name = "lambda_" if flag == "lambda" else flag.replace("-", "_")
         assert name in parameters, f"--{flag} has no keyword {name}"

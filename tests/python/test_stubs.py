@@ -3,6 +3,7 @@ the same parameters with the same defaults, the same docstrings."""
 
 import ast
 import inspect
+import sys
 from pathlib import Path
 
 import gfer
@@ -71,7 +72,10 @@ def test_signatures_and_docstrings_are_the_modules():
         owner, _, member = name.partition(".")
         obj = getattr(_gfer, owner)
         if member == "__init__":
-            # A class's signature is its constructor's.
+            # A class's signature is its constructor's; a class of the stable ABI shows
+            # none before Python 3.10.
+            if sys.version_info < (3, 10):
+                continue
             assert runtime_parameters(obj) == parameters(node), name
             checked += 1
             continue
@@ -81,4 +85,4 @@ def test_signatures_and_docstrings_are_the_modules():
         if isinstance(node, ast.FunctionDef) and not is_property(node):
             assert runtime_parameters(obj) == parameters(node), name
             checked += 1
-    assert checked >= 10
+    assert checked >= (10 if sys.version_info >= (3, 10) else 8)
