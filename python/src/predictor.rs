@@ -332,16 +332,17 @@ impl Face {
         Ok(dict)
     }
 
-    /// The face as one flat record, the columns of ``gfer predict --format csv``: ``x``,
-    /// ``y``, ``width``, ``height`` (the box), ``score``, ``label``, ``confidence`` and
-    /// one column per class. A list of them makes a ``pandas.DataFrame``.
+    /// The face as one flat record with the columns of ``gfer predict --format csv``:
+    /// ``x``, ``y``, ``width``, ``height`` (the box), ``detection_score`` (``score``),
+    /// ``label``, ``confidence`` and one column per class. A list of them makes a
+    /// ``pandas.DataFrame``.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         dict.set_item("x", self.bbox.x)?;
         dict.set_item("y", self.bbox.y)?;
         dict.set_item("width", self.bbox.width)?;
         dict.set_item("height", self.bbox.height)?;
-        dict.set_item("score", self.score)?;
+        dict.set_item("detection_score", self.score)?;
         dict.set_item("label", &self.label)?;
         dict.set_item("confidence", self.confidence)?;
         for (class, p) in self.classes.iter().zip(&self.probabilities) {

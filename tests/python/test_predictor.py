@@ -89,7 +89,9 @@ def test_a_face_carries_its_box_crop_score_label_and_probabilities(crops, photos
     assert face.label == max(face.probabilities, key=face.probabilities.get)
     assert face.confidence == face.probabilities[face.label]
     record = face.to_dict()
-    assert list(record) == ["x", "y", "width", "height", "score", "label", "confidence", *CLASSES]
+    assert list(record) == [
+        "x", "y", "width", "height", "detection_score", "label", "confidence", *CLASSES
+    ]
     assert record["label"] == face.label and record["width"] == width
     assert repr(face).startswith(f"Face(label='{face.label}'")
 
@@ -196,6 +198,19 @@ def test_predictions_are_the_clis(gfer_bin, bundle, tiny_clip, crops, photos):
     for record, faces in zip(records, crops.predict(paths)):
         (face,) = faces
         same_face(face, record)
+
+
+def test_a_face_as_a_dict_has_the_columns_of_the_clis_csv(gfer_bin, bundle, tiny_clip, crops, photos):
+    import csv
+
+    args = ["predict", "--model", bundle, "--weights", tiny_clip, "--no-detect", "--format", "csv"]
+    rows = list(csv.DictReader(run_cli(gfer_bin, *args, *photos[:3]).stdout.splitlines()))
+    for row, (face,) in zip(rows, crops.predict(photos[:3])):
+        record = face.to_dict()
+        assert [c for c in row if c not in ("path", "status", "face", "error")] == list(record)
+        assert row["label"] == record["label"] and row["detection_score"] == ""
+        assert int(row["width"]) == record["width"]
+        assert float(row["confidence"]) == pytest.approx(record["confidence"], abs=1e-4)
 
 
 def test_detected_faces_are_the_clis(gfer_bin, bundle, tiny_clip):
