@@ -299,7 +299,7 @@ impl Predictor {
             .flat_map(|(faces, image)| faces.boxes.iter().map(move |face| (face, image)))
             .collect::<Vec<_>>()
             .par_iter()
-            .map(|(face, image)| self.face_crop(image, face))
+            .map(|(face, image)| self.cut(image, face.crop, face.landmarks))
             .collect::<Result<_>>()?;
         let probabilities = self.classify(&crops)?;
 
@@ -322,16 +322,26 @@ impl Predictor {
         Ok(predictions)
     }
 
-    /// What the model sees of a face: the upright crop aligned by its landmarks, or the
-    /// square crop around its box.
-    fn face_crop(&self, image: &RgbImage, face: &LocatedFace) -> Result<RgbImage> {
-        let c = face.crop;
-        match (face.landmarks, self.options.align) {
+    /// The pixels the model saw of `face`, found in `image`, before its preprocessing (to
+    /// show or keep the faces found): the upright crop when the face was aligned, else
+    /// the square [`Face::crop`].
+    pub fn face_pixels(&self, image: &RgbImage, face: &Face) -> Result<RgbImage> {
+        let landmarks = face.landmarks.filter(|_| face.aligned);
+        self.cut(image, face.crop, landmarks)
+    }
+
+    /// What the model sees of a face: the upright crop aligned by its landmarks (with
+    /// alignment on), or the square `crop` of the image.
+    fn cut(&self, image: &RgbImage, crop: Rect, landmarks: Option<Landmarks>) -> Result<RgbImage> {
+        match (landmarks, self.options.align) {
             (Some(landmarks), Alignment::Landmarks) => {
                 let template = Template::arcface(self.options.crop_margin);
-                aligned_crop(image, &landmarks, &template, c.width.max(1))
+                aligned_crop(image, &landmarks, &template, crop.width.max(1))
             }
-            _ => Ok(image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()),
+            _ => Ok(
+                image::imageops::crop_imm(image, crop.x, crop.y, crop.width, crop.height)
+                    .to_image(),
+            ),
         }
     }
 
@@ -551,6 +561,30 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-5);
             assert!(face.confidence > 0.99);
         }
+    }
+
+    #[test]
+    fn a_face_s_pixels_are_its_crop_as_the_model_saw_it() {
+        let image = red_and_green();
+        let detector = FixedBoxes(vec![rect(85, 20, 30, 30)]);
+        let options = PredictOptions {
+            crop_margin: 0.0,
+            min_face_size: 10,
+            ..Default::default()
+        };
+        let predictor =
+            Predictor::with_detector(Arc::new(RedOrGreen), Box::new(detector), options).unwrap();
+        let face = &predictor.predict(&image).unwrap().faces[0];
+        assert!(!face.aligned, "a face without landmarks is not aligned");
+        let pixels = predictor.face_pixels(&image, face).unwrap();
+        assert_eq!(pixels.dimensions(), (face.crop.width, face.crop.height));
+        // The red half ends at x = 100 of the image.
+        let border = 100 - face.crop.x;
+        assert_eq!(pixels.get_pixel(border - 1, 0).0, [255, 0, 0]);
+        assert_eq!(
+            pixels.get_pixel(border, face.crop.height - 1).0,
+            [0, 255, 0]
+        );
     }
 
     #[test]
