@@ -30,8 +30,9 @@ pub mod output;
 pub mod run;
 pub mod video;
 
+use crate::data::FaceCropping;
 use crate::detect::align::{aligned_crop, roll_degrees, Template};
-use crate::detect::{square_crop, DetectorOptions, FaceDetector, Landmarks, Rect};
+use crate::detect::{square_crop, DetectorKind, DetectorOptions, FaceDetector, Landmarks, Rect};
 use crate::error::{Error, Result};
 use crate::model::argmax;
 use crate::model::inference::ExpressionModel;
@@ -114,6 +115,42 @@ impl PredictOptions {
         }
         Ok(())
     }
+
+    /// How these options cut faces from photos, in the terms a bundle records them;
+    /// `None` with detection off (the photos are then the user's own crops).
+    pub fn face_cropping(&self) -> Option<FaceCropping> {
+        if !self.detect {
+            return None;
+        }
+        let (detector, has_landmarks) = match self.detector.kind {
+            DetectorKind::Mtcnn => ("mtcnn", true),
+            DetectorKind::Seetaface => ("seetaface", false),
+        };
+        let aligned = has_landmarks && self.align == Alignment::Landmarks;
+        Some(FaceCropping {
+            detector: detector.into(),
+            align: if aligned { "landmarks" } else { "none" }.into(),
+            margin: Some(self.crop_margin),
+        })
+    }
+}
+
+/// The warning for a model whose training faces were cut (`trained`) otherwise than
+/// `options` cut them; `None` when they agree or either is unknown.
+pub fn cutting_mismatch(
+    trained: Option<&FaceCropping>,
+    options: &PredictOptions,
+) -> Option<String> {
+    let (trained, ours) = (trained?, options.face_cropping()?);
+    let differences = trained.differences(&ours);
+    if differences.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the model learned from faces cut with {trained}; these faces are cut with {}: \
+         expect lower accuracy",
+        differences.join(", ")
+    ))
 }
 
 /// One face found in a photo and what the model makes of it.
@@ -188,6 +225,9 @@ impl Predictor {
         options: PredictOptions,
     ) -> Result<Self> {
         let model = ExpressionModel::load(bundle, encoder_weights, device)?;
+        if let Some(warning) = cutting_mismatch(model.meta.faces.as_ref(), &options) {
+            tracing::warn!("{}: {warning}", bundle.display());
+        }
         Self::new(Arc::new(model), options)
     }
 
@@ -259,7 +299,7 @@ impl Predictor {
             .flat_map(|(faces, image)| faces.boxes.iter().map(move |face| (face, image)))
             .collect::<Vec<_>>()
             .par_iter()
-            .map(|(face, image)| self.face_crop(image, face))
+            .map(|(face, image)| self.cut(image, face.crop, face.landmarks))
             .collect::<Result<_>>()?;
         let probabilities = self.classify(&crops)?;
 
@@ -282,16 +322,26 @@ impl Predictor {
         Ok(predictions)
     }
 
-    /// What the model sees of a face: the upright crop aligned by its landmarks, or the
-    /// square crop around its box.
-    fn face_crop(&self, image: &RgbImage, face: &LocatedFace) -> Result<RgbImage> {
-        let c = face.crop;
-        match (face.landmarks, self.options.align) {
+    /// The pixels the model saw of `face`, found in `image`, before its preprocessing (to
+    /// show or keep the faces found): the upright crop when the face was aligned, else
+    /// the square [`Face::crop`].
+    pub fn face_pixels(&self, image: &RgbImage, face: &Face) -> Result<RgbImage> {
+        let landmarks = face.landmarks.filter(|_| face.aligned);
+        self.cut(image, face.crop, landmarks)
+    }
+
+    /// What the model sees of a face: the upright crop aligned by its landmarks (with
+    /// alignment on), or the square `crop` of the image.
+    fn cut(&self, image: &RgbImage, crop: Rect, landmarks: Option<Landmarks>) -> Result<RgbImage> {
+        match (landmarks, self.options.align) {
             (Some(landmarks), Alignment::Landmarks) => {
                 let template = Template::arcface(self.options.crop_margin);
-                aligned_crop(image, &landmarks, &template, c.width.max(1))
+                aligned_crop(image, &landmarks, &template, crop.width.max(1))
             }
-            _ => Ok(image::imageops::crop_imm(image, c.x, c.y, c.width, c.height).to_image()),
+            _ => Ok(
+                image::imageops::crop_imm(image, crop.x, crop.y, crop.width, crop.height)
+                    .to_image(),
+            ),
         }
     }
 
@@ -394,6 +444,41 @@ mod tests {
     use super::*;
     use crate::detect::FaceBox;
 
+    #[test]
+    fn options_name_how_they_cut_faces_and_a_differently_trained_model_is_warned_of() {
+        let defaults = PredictOptions::default();
+        let mtcnn_aligned = defaults.face_cropping().unwrap();
+        assert_eq!(
+            (
+                mtcnn_aligned.detector.as_str(),
+                mtcnn_aligned.align.as_str()
+            ),
+            ("mtcnn", "landmarks")
+        );
+        assert_eq!(cutting_mismatch(Some(&mtcnn_aligned), &defaults), None);
+        assert_eq!(cutting_mismatch(None, &defaults), None);
+        // SeetaFace gives no landmarks: its faces are never aligned.
+        let seetaface = PredictOptions {
+            detector: DetectorOptions {
+                kind: DetectorKind::Seetaface,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(seetaface.face_cropping().unwrap().align, "none");
+        let warning = cutting_mismatch(Some(&mtcnn_aligned), &seetaface).unwrap();
+        assert!(
+            warning.contains("detector seetaface instead of mtcnn"),
+            "{warning}"
+        );
+        let no_detection = PredictOptions {
+            detect: false,
+            ..Default::default()
+        };
+        assert_eq!(no_detection.face_cropping(), None);
+        assert_eq!(cutting_mismatch(Some(&mtcnn_aligned), &no_detection), None);
+    }
+
     /// Probabilities from the mean red and green of each crop: class 0 wins on red
     /// crops, class 1 on green ones.
     struct RedOrGreen;
@@ -476,6 +561,30 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-5);
             assert!(face.confidence > 0.99);
         }
+    }
+
+    #[test]
+    fn a_face_s_pixels_are_its_crop_as_the_model_saw_it() {
+        let image = red_and_green();
+        let detector = FixedBoxes(vec![rect(85, 20, 30, 30)]);
+        let options = PredictOptions {
+            crop_margin: 0.0,
+            min_face_size: 10,
+            ..Default::default()
+        };
+        let predictor =
+            Predictor::with_detector(Arc::new(RedOrGreen), Box::new(detector), options).unwrap();
+        let face = &predictor.predict(&image).unwrap().faces[0];
+        assert!(!face.aligned, "a face without landmarks is not aligned");
+        let pixels = predictor.face_pixels(&image, face).unwrap();
+        assert_eq!(pixels.dimensions(), (face.crop.width, face.crop.height));
+        // The red half ends at x = 100 of the image.
+        let border = 100 - face.crop.x;
+        assert_eq!(pixels.get_pixel(border - 1, 0).0, [255, 0, 0]);
+        assert_eq!(
+            pixels.get_pixel(border, face.crop.height - 1).0,
+            [0, 255, 0]
+        );
     }
 
     #[test]

@@ -122,6 +122,17 @@ fn every_domain_has_its_classes_and_splits() {
             );
             assert_eq!(sample.domain, summary.name);
         }
+        // Only the photos' faces were cut by gfer, and their data set says how.
+        let cut_by_gfer = dataset
+            .face_cropping
+            .map(|c| (c.detector, c.align, c.margin));
+        match summary.name.as_str() {
+            "photos" => assert_eq!(
+                cut_by_gfer,
+                Some(("mtcnn".into(), "landmarks".into(), Some(0.2)))
+            ),
+            _ => assert_eq!(cut_by_gfer, None, "{}", summary.name),
+        }
         match summary.name.as_str() {
             "avatars" => {
                 assert_eq!(summary.class_counts, [PER_CLASS; 7]);

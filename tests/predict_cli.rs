@@ -547,3 +547,67 @@ fn the_binary_predicts_files_and_stdin_with_a_real_bundle() {
     }
     assert_eq!(line["label"], from_file["label"]);
 }
+
+#[test]
+fn a_model_trained_on_faces_gfer_cut_warns_when_predict_cuts_them_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = common::write_manifest_dataset(&dir.path().join("data"), 2, 1);
+    let cut = gfer::data::FaceCropping {
+        detector: "mtcnn".into(),
+        align: "landmarks".into(),
+        margin: Some(0.2),
+    };
+    cut.write_beside(&manifest).unwrap();
+    let run = dir.path().join("run");
+    let trained = gfer()
+        .args(["train", "--fast", "--epochs", "1", "--views", "1", "--data"])
+        .arg(format!("manifest:{}", manifest.display()))
+        .arg("--weights")
+        .arg(common::tiny_clip())
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let bundle = run.join("model.safetensors");
+    let meta = gfer::model::bundle::Bundle::load(&bundle, &candle_core::Device::Cpu)
+        .unwrap()
+        .meta;
+    assert_eq!(
+        meta.faces,
+        Some(cut),
+        "the bundle records how its faces were cut"
+    );
+
+    let photo = dir.path().join("photo.png");
+    solid([90, 90, 90], 64, 64).save(&photo).unwrap();
+    let predict = |options: &[&str]| {
+        let output = gfer()
+            .args(["predict", "--format", "jsonl", "--model"])
+            .arg(&bundle)
+            .arg("--weights")
+            .arg(common::tiny_clip())
+            .args(options)
+            .arg(&photo)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = predict(&["--detector", "seetaface"]);
+    assert!(
+        stderr.contains(
+            "the model learned from faces cut with detector mtcnn, alignment landmarks, \
+             margin 0.2; these faces are cut with detector seetaface instead of mtcnn, \
+             alignment none instead of landmarks"
+        ),
+        "{stderr}"
+    );
+    // The user's own crops are not compared.
+    let stderr = predict(&["--no-detect"]);
+    assert!(!stderr.contains("learned from faces"), "{stderr}");
+}

@@ -101,9 +101,7 @@ fn protocol_writes_the_table_per_class_tables_and_confusion_images() {
         }
     }
     // Both methods of a source share the feature cache: one clean file, one views file.
-    let cached: Vec<_> = std::fs::read_dir(out.join("cache"))
-        .expect("cache")
-        .collect();
+    let cached = cache_files(&out.join("cache"));
     assert_eq!(cached.len(), 2, "{cached:?}");
 }
 
@@ -497,11 +495,7 @@ fn full_and_fast_variants_come_out_side_by_side_in_one_table() {
         );
     }
     // F once, and each mask input's own files (clean views cover the targets too).
-    let mut cached: Vec<String> = std::fs::read_dir(out.join("cache"))
-        .expect("cache")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    cached.sort();
+    let cached = cache_files(&out.join("cache"));
     assert_eq!(cached.len(), 6, "{cached:?}");
     assert_eq!(
         cached.iter().filter(|n| n.contains("resnet18")).count(),
@@ -725,4 +719,15 @@ fn readme_table_1_command_shows_the_paper_beside_every_cell() {
             .count();
         assert_eq!(papers, targets, "{line}");
     }
+}
+
+/// The cache's files by name, sorted, without the empty hidden files its locks use.
+fn cache_files(cache: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .expect("cache")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    names
 }

@@ -47,7 +47,7 @@ fn train(cfg: &TrainConfig, out: &Path, max_steps: Option<usize>) -> RunOutcome 
         &run::Watch {
             stop: &AtomicBool::new(false),
             progress: &progress,
-            max_steps: max_steps,
+            max_steps,
         },
         &Device::Cpu,
     )

@@ -287,8 +287,7 @@ pub fn extract(
         }
         let mut encoded = Vec::new().into_iter();
         if !to_encode.is_empty() {
-            let features = encoder.encode(&preprocess.batch(&to_encode, &Device::Cpu)?)?;
-            encoded = features.flatten_all()?.to_vec1::<f32>()?.into_iter();
+            encoded = encode_images(encoder, preprocess, &to_encode, &Device::Cpu)?.into_iter();
         }
         for row in rows {
             match from_shards.get(&row.hash) {
@@ -311,6 +310,19 @@ pub fn extract(
     }
     set.save(out)?;
     Ok(summary)
+}
+
+/// The features of `images` in one forward pass, row-major `[images.len(), D]`: each
+/// image preprocessed with `preprocess`, the batch put on `device` and encoded. The one
+/// encoding step of [`extract`] (and of the Python `Encoder`).
+pub fn encode_images(
+    encoder: &dyn Encoder,
+    preprocess: Preprocess,
+    images: &[RgbImage],
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let features = encoder.encode(&preprocess.batch(images, device)?)?;
+    Ok(features.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// The rows of `chunk` to add, in order, each with its image: those that decode and are

@@ -163,6 +163,14 @@ pub struct EncodeArgs {
     pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// The matrix kernel: auto (the one this CPU runs fastest), avx2 (gfer's own) or gemm
+    /// (the gemm crate). Default: GFER_MATMUL, else auto.
+    #[arg(long, value_parser = parse_kernel)]
+    pub kernel: Option<gfer::kernels::KernelRequest>,
+}
+
+fn parse_kernel(text: &str) -> Result<gfer::kernels::KernelRequest, String> {
+    text.parse().map_err(|e: gfer::Error| e.to_string())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -399,6 +407,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         "dtype": "f32",
         "cores": cores,
         "cpu": cpu_description(),
+        "kernel": gfer::kernels::matmul_kernel().name(),
         "weights": args.weights.as_ref().map_or("random".to_string(), |p| p.display().to_string()),
         "batch": args.batch,
         "threads": threads,

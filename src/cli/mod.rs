@@ -64,6 +64,7 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    choose_kernel(&cli.command)?;
     match cli.command {
         Command::Assets(args) => assets::run(args),
         Command::Data(args) => data::run(args),
@@ -78,4 +79,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Serve(args) => serve::run(args),
     }
+}
+
+/// Fixes the matrix kernel before any product: `gfer bench encode --kernel`, else
+/// `GFER_MATMUL`, else the one `auto` picks for this CPU.
+fn choose_kernel(command: &Command) -> anyhow::Result<()> {
+    let request = match command {
+        Command::Bench(bench::BenchArgs {
+            what: bench::BenchCommand::Encode(args),
+        }) => args.kernel,
+        _ => None,
+    };
+    let kernel = gfer::kernels::choose_matmul_kernel(request)?;
+    let variable = gfer::kernels::KERNEL_VARIABLE;
+    let why = match (request, std::env::var(variable)) {
+        (Some(_), _) => "--kernel".to_string(),
+        (None, Ok(value)) => format!("{variable}={value}"),
+        (None, Err(_)) => format!("auto for this CPU; {variable} picks another"),
+    };
+    tracing::info!("matrix products on the {} kernel ({why})", kernel.name());
+    Ok(())
 }

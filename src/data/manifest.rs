@@ -2,10 +2,11 @@
 //! (a header names its columns, which may then come in any order). `label` is a class
 //! name (`happy`, `Surprise`, ...) or a canonical index 0-6 (0 surprise .. 6 neutral);
 //! contempt is dropped. `split` defaults to train; `domain` to the spec's `domain=` or
-//! the CSV's file stem. Relative paths are relative to the CSV's folder.
+//! the CSV's file stem. Relative paths are relative to the CSV's folder. A data set whose
+//! faces gfer cut has a [`super::faces::FACES_FILE`] beside its CSV, saying how.
 
 use super::fer2013::csv_error;
-use super::{Builder, DropReason, Label, Spec, Split};
+use super::{Builder, DropReason, FaceCropping, Label, Spec, Split};
 use crate::{Error, Expression, Result};
 use std::path::Path;
 
@@ -17,6 +18,7 @@ pub(super) fn load(spec: &Spec, builder: &mut Builder) -> Result<()> {
         return Err(spec.layout_error(format!("{} is not a file", file.display())));
     }
     let folder = file.parent().unwrap_or(Path::new("."));
+    builder.face_cropping = FaceCropping::read_beside(file)?;
     let default_domain = match &spec.domain {
         Some(domain) => domain.clone(),
         None => file

@@ -15,6 +15,7 @@
 mod affectnet;
 pub mod check;
 mod ckplus;
+pub mod faces;
 mod fer2013;
 mod ferplus;
 mod folder;
@@ -27,6 +28,7 @@ pub mod spec;
 pub mod stats;
 mod usable;
 
+pub use faces::FaceCropping;
 pub use shard::Shard;
 pub use usable::{samples_fingerprint, usable_samples, Usable};
 
@@ -305,6 +307,9 @@ pub struct Dataset {
     pub bad_lines: Vec<BadLine>,
     /// Things a user should know about how it was read (which layout, what was assumed).
     pub notes: Vec<String>,
+    /// How gfer cut its faces from their photos, when gfer built it (a manifest with a
+    /// [`faces::FACES_FILE`] beside it).
+    pub face_cropping: Option<FaceCropping>,
 }
 
 impl Dataset {
@@ -422,6 +427,7 @@ struct Builder<'a> {
     dropped: Vec<Dropped>,
     bad_lines: Vec<BadLine>,
     notes: Vec<String>,
+    face_cropping: Option<FaceCropping>,
 }
 
 /// Label lines can be long (a FER2013 row holds 2,304 numbers): errors show the start.
@@ -442,6 +448,7 @@ impl<'a> Builder<'a> {
             dropped: Vec::new(),
             bad_lines: Vec::new(),
             notes: Vec::new(),
+            face_cropping: None,
         }
     }
 
@@ -552,6 +559,7 @@ impl<'a> Builder<'a> {
             dropped: self.dropped,
             bad_lines: self.bad_lines,
             notes: self.notes,
+            face_cropping: self.face_cropping,
         }
     }
 }
@@ -663,6 +671,7 @@ mod tests {
             dropped: vec![],
             bad_lines: vec![],
             notes: vec![],
+            face_cropping: None,
         };
         let err = dataset.check_trainable(Split::Train).unwrap_err();
         assert!(

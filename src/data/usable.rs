@@ -11,8 +11,8 @@ pub struct Usable<'a> {
     pub samples: Vec<&'a Sample>,
     /// [`content_hash`] of each usable sample's decoded image.
     pub hashes: Vec<String>,
-    /// The unusable ones: (what it is, why it was skipped).
-    pub skipped: Vec<(String, String)>,
+    /// The unusable ones.
+    pub skipped: Vec<Skipped>,
 }
 
 impl Usable<'_> {
@@ -21,6 +21,9 @@ impl Usable<'_> {
         self.samples.iter().map(|s| s.source.clone()).collect()
     }
 }
+
+/// An image that could not be used: (what it is, why it was skipped).
+pub type Skipped = (String, String);
 
 /// Decodes every image once and sorts the samples into usable and skipped.
 pub fn usable_samples<'a>(
@@ -31,7 +34,7 @@ pub fn usable_samples<'a>(
     progress.set_length(samples.len() as u64);
     progress.set_position(0);
     progress.set_message("checking images");
-    let results: Vec<std::result::Result<(&Sample, String), (String, String)>> = samples
+    let results: Vec<std::result::Result<(&Sample, String), Skipped>> = samples
         .par_iter()
         .map(|s| {
             let r = s

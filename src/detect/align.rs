@@ -31,9 +31,10 @@ pub struct Template {
 }
 
 impl Default for Template {
-    /// ArcFace's points with a margin of 0.1 of the side around the face.
+    /// ArcFace's points with a margin of 0.2 of the side around the face, as `gfer
+    /// predict` aligns by default.
     fn default() -> Self {
-        Template::arcface(0.1)
+        Template::arcface(0.2)
     }
 }
 
@@ -209,7 +210,9 @@ mod tests {
         // Inverse then forward is the identity.
         let back = fit.inverse().apply(fit.apply([3.0, 4.0]));
         assert!((back[0] - 3.0).abs() < 1e-4 && (back[1] - 4.0).abs() < 1e-4);
-        assert!((roll_degrees(&seen) - 25.0).abs() < 1e-3);
+        // The template's own eyes are not quite level (ArcFace's points are measured).
+        let expected_roll = 25.0 + roll_degrees(&template);
+        assert!((roll_degrees(&seen) - expected_roll).abs() < 1e-3);
         Ok(())
     }
 

@@ -178,6 +178,17 @@ pub fn save(image: &RgbImage, path: &Path) -> Result<()> {
     })
 }
 
+/// blake3 of the decoded RGB pixels and the size, hex: the identity of an image's
+/// content. Hashing pixels rather than file bytes finds the same face stored as a PNG in
+/// one data set and as CSV pixels in another (MMA vs FER2013); caches key features by it.
+pub fn content_hash(image: &RgbImage) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&image.width().to_le_bytes());
+    hasher.update(&image.height().to_le_bytes());
+    hasher.update(image.as_raw());
+    hasher.finalize().to_hex().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,15 +261,4 @@ mod tests {
         );
         assert_eq!(Preset::Clip.to_string(), "clip");
     }
-}
-
-/// blake3 of the decoded RGB pixels and the size, hex: the identity of an image's
-/// content. Hashing pixels rather than file bytes finds the same face stored as a PNG in
-/// one data set and as CSV pixels in another (MMA vs FER2013); caches key features by it.
-pub fn content_hash(image: &RgbImage) -> String {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&image.width().to_le_bytes());
-    hasher.update(&image.height().to_le_bytes());
-    hasher.update(image.as_raw());
-    hasher.finalize().to_hex().to_string()
 }

@@ -5,17 +5,141 @@
 //! below ([`PackedWeight::fill_panels`], `super::conv_panels`) and whose weight is packed
 //! once per batch ([`PackedRows`]).
 //!
-//! On AVX2+FMA machines without AVX-512 a kernel of our own runs, laid out as ONNX
-//! Runtime's MLAS lays out its f32 products: the weight is repacked once, when the layer
-//! is built, into panels of 16 output columns (`[k][16]` each); `x` is packed per call into
-//! groups of 6 rows (`[k][6]`); the kernel broadcasts a group against a panel, keeping the
-//! 6x16 block of results in 12 AVX registers, and adds the bias and the residual as the
-//! block is first stored. Elsewhere the `gemm` crate runs on the weight as given (its AVX-512
-//! kernels are the better choice where they exist, and no AVX-512 machine was at hand to
-//! tune ours). On the AVX2 machines it replaces, the `gemm` crate repacked the weights on
-//! every call and its products ran slower than OpenBLAS's.
+//! Two kernels, one per process, chosen by [`choose_matmul_kernel`] (`GFER_MATMUL=auto|
+//! avx2|gemm`):
+//!
+//! - `avx2`, our own, laid out as ONNX Runtime's MLAS lays out its f32 products: the
+//!   weight is repacked once, when the layer is built, into panels of 16 output columns
+//!   (`[k][16]` each); `x` is packed per call into groups of 6 rows (`[k][6]`); the kernel
+//!   broadcasts a group against a panel, keeping the 6x16 block of results in 12 AVX
+//!   registers, and adds the bias and the residual as the block is first stored.
+//! - `gemm`, the `gemm` crate on the weight as given, with its own AVX-512 kernels where
+//!   the CPU has them; the only choice on CPUs without AVX2 and FMA.
+//!
+//! `auto` runs ours wherever AVX2 and FMA are, AVX-512 machines included: on the AVX2
+//! machines the `gemm` crate repacked the weights on every call and ran slower than
+//! OpenBLAS, and on a Zen 4 machine with AVX-512 the encoder ran faster on ours than on the
+//! `gemm` crate's AVX-512 kernels (README's Speed section has the figures).
 
 use super::threading::{PACKED_PRODUCT_MIN_PARALLEL_WORK, PACKING_MIN_PARALLEL_LEN};
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+/// The kernel that runs the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// Our packed 6x16 AVX2/FMA kernel.
+    Avx2,
+    /// The `gemm` crate.
+    Gemm,
+}
+
+/// What a user asks for: a kernel, or the one `auto` picks for this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelRequest {
+    Auto,
+    Kernel(MatmulKernel),
+}
+
+impl std::str::FromStr for KernelRequest {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KernelRequest::Auto),
+            "avx2" => Ok(KernelRequest::Kernel(MatmulKernel::Avx2)),
+            "gemm" => Ok(KernelRequest::Kernel(MatmulKernel::Gemm)),
+            _ => Err(Error::config(format!(
+                "unknown matrix kernel `{text}`: expected auto, avx2 or gemm"
+            ))),
+        }
+    }
+}
+
+impl MatmulKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Avx2 => "avx2",
+            MatmulKernel::Gemm => "gemm",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn runs_here(self) -> bool {
+        match self {
+            MatmulKernel::Gemm => true,
+            #[cfg(target_arch = "x86_64")]
+            MatmulKernel::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            MatmulKernel::Avx2 => false,
+        }
+    }
+
+    /// `auto`'s choice on this CPU.
+    pub fn auto() -> Self {
+        match MatmulKernel::Avx2.runs_here() {
+            true => MatmulKernel::Avx2,
+            false => MatmulKernel::Gemm,
+        }
+    }
+}
+
+/// The environment variable that picks the kernel.
+pub const KERNEL_VARIABLE: &str = "GFER_MATMUL";
+
+static CHOSEN: OnceLock<MatmulKernel> = OnceLock::new();
+
+/// Fixes the kernel of this process: `request`, else `GFER_MATMUL`, else `auto`. Refuses a
+/// kernel this CPU cannot run, and a second choice that differs from the first (packed
+/// weights are laid out for one kernel).
+pub fn choose_matmul_kernel(request: Option<KernelRequest>) -> Result<MatmulKernel> {
+    let kernel = resolve(request)?;
+    let chosen = *CHOSEN.get_or_init(|| kernel);
+    if chosen != kernel {
+        return Err(Error::config(format!(
+            "the {} matrix kernel was asked for after products had started on {}",
+            kernel.name(),
+            chosen.name()
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The kernel of this process ([`choose_matmul_kernel`]'s choice; a library user that
+/// never chose gets `GFER_MATMUL`'s, or `auto`'s when that is unset or unusable).
+pub fn matmul_kernel() -> MatmulKernel {
+    *CHOSEN.get_or_init(|| {
+        resolve(None).unwrap_or_else(|e| {
+            tracing::warn!("{e}; using the {} kernel", MatmulKernel::auto().name());
+            MatmulKernel::auto()
+        })
+    })
+}
+
+/// The kernel `request` (or `GFER_MATMUL`, or `auto`) names, if this CPU runs it.
+fn resolve(request: Option<KernelRequest>) -> Result<MatmulKernel> {
+    let request = match request {
+        Some(request) => request,
+        None => match std::env::var(KERNEL_VARIABLE) {
+            Ok(text) => text
+                .parse()
+                .map_err(|e| Error::config(format!("{KERNEL_VARIABLE}: {e}")))?,
+            Err(_) => KernelRequest::Auto,
+        },
+    };
+    let kernel = match request {
+        KernelRequest::Auto => MatmulKernel::auto(),
+        KernelRequest::Kernel(kernel) if kernel.runs_here() => kernel,
+        KernelRequest::Kernel(kernel) => {
+            return Err(Error::config(format!(
+                "the {} matrix kernel needs AVX2 and FMA, which this CPU lacks; use gemm or auto",
+                kernel.name()
+            )))
+        }
+    };
+    Ok(kernel)
+}
 
 /// Output columns per weight panel: two AVX vectors.
 pub(crate) const PANEL: usize = 16;
@@ -39,15 +163,20 @@ pub(crate) struct PackedWeight {
 }
 
 impl PackedWeight {
-    /// `weight` is `[out, in]`, row-major.
+    /// `weight` is `[out, in]`, row-major, laid out for the process's kernel.
     pub(crate) fn new(weight: &[f32], out: usize, depth: usize) -> Self {
+        Self::for_kernel(weight, out, depth, matmul_kernel())
+    }
+
+    fn for_kernel(weight: &[f32], out: usize, depth: usize, kernel: MatmulKernel) -> Self {
         assert_eq!(weight.len(), out * depth, "weight is not [{out}, {depth}]");
-        match Self::empty_panels(out, depth) {
-            Some(mut packed) => {
+        match kernel {
+            MatmulKernel::Avx2 => {
+                let mut packed = Self::zeroed_panels(out, depth);
                 packed.pack(weight);
                 packed
             }
-            None => Self {
+            MatmulKernel::Gemm => Self {
                 out,
                 depth,
                 data: weight.to_vec(),
@@ -60,12 +189,16 @@ impl PackedWeight {
     /// convolution's image patches), to be written with [`PackedWeight::fill_panels`];
     /// `None` where our kernel does not run.
     pub(crate) fn empty_panels(out: usize, depth: usize) -> Option<Self> {
-        own_kernel_available().then(|| Self {
+        (matmul_kernel() == MatmulKernel::Avx2).then(|| Self::zeroed_panels(out, depth))
+    }
+
+    fn zeroed_panels(out: usize, depth: usize) -> Self {
+        Self {
             out,
             depth,
             data: vec![0.0; out.div_ceil(PANEL) * depth * PANEL],
             panels: true,
-        })
+        }
     }
 
     /// Rewrites the panels: `fill(index, panel)` gets panel `index` as `[in][16]`, whose
@@ -138,9 +271,14 @@ pub(crate) struct PackedRows {
 }
 
 impl PackedRows {
+    /// `x` is `[rows, in]`, row-major, laid out for the process's kernel.
     pub(crate) fn new(x: &[f32], rows: usize, depth: usize) -> Self {
+        Self::for_kernel(x, rows, depth, matmul_kernel())
+    }
+
+    fn for_kernel(x: &[f32], rows: usize, depth: usize, kernel: MatmulKernel) -> Self {
         assert_eq!(x.len(), rows * depth, "x is not [{rows}, {depth}]");
-        let groups = own_kernel_available();
+        let groups = kernel == MatmulKernel::Avx2;
         let data = if groups {
             #[cfg(target_arch = "x86_64")]
             {
@@ -158,17 +296,6 @@ impl PackedRows {
             groups,
         }
     }
-}
-
-fn own_kernel_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && !is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// What the sums of a product start from.
@@ -195,7 +322,7 @@ pub(crate) fn linear(
     check_shapes(x.len(), rows, weight, start, len);
     #[cfg(target_arch = "x86_64")]
     if weight.panels && weight.depth > 0 {
-        let x = PackedRows::new(x, rows, weight.depth);
+        let x = PackedRows::for_kernel(x, rows, weight.depth, MatmulKernel::Avx2);
         let mut y = Vec::with_capacity(len);
         // SAFETY: panels are only made where our kernel runs (AVX2, FMA); starting from the
         // bias, the kernel writes every element of `y` without reading it.
@@ -549,6 +676,34 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    #[test]
+    fn a_request_names_a_kernel_this_cpu_runs_or_is_refused() {
+        let request = |text: &str| text.parse::<KernelRequest>();
+        assert_eq!(request("auto").unwrap(), KernelRequest::Auto);
+        assert_eq!(
+            request("GEMM").unwrap(),
+            KernelRequest::Kernel(MatmulKernel::Gemm)
+        );
+        let unknown = request("avx512").unwrap_err().to_string();
+        assert!(
+            unknown.contains("`avx512`: expected auto, avx2 or gemm"),
+            "{unknown}"
+        );
+        assert_eq!(
+            resolve(Some(KernelRequest::Auto)).unwrap(),
+            MatmulKernel::auto()
+        );
+        let avx2 = resolve(Some(KernelRequest::Kernel(MatmulKernel::Avx2)));
+        match MatmulKernel::Avx2.runs_here() {
+            true => assert_eq!(avx2.unwrap(), MatmulKernel::Avx2),
+            false => assert!(avx2.unwrap_err().to_string().contains("lacks")),
+        }
+        assert_eq!(
+            MatmulKernel::auto() == MatmulKernel::Avx2,
+            MatmulKernel::Avx2.runs_here()
+        );
+    }
+
     fn random(len: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
         (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
@@ -556,11 +711,23 @@ mod tests {
     /// Every edge: no rows, no depth (the start alone), rows not a multiple of 6, columns
     /// not a multiple of 16, depths over several passes, row counts over several passes,
     /// both sides of the threading threshold; every start (bias, bias and residual, zero,
-    /// the output's values); weights packed from either orientation, and the `gemm`
-    /// crate's path, which machines without our kernel take. Compared with a
-    /// double-precision sum.
+    /// the output's values); weights packed from either orientation; each kernel this
+    /// CPU runs, whichever the process chose. Compared with a double-precision sum.
     #[test]
-    fn matches_a_double_precision_product() {
+    fn every_kernel_matches_a_double_precision_product() {
+        let kernels: Vec<MatmulKernel> = [MatmulKernel::Avx2, MatmulKernel::Gemm]
+            .into_iter()
+            .filter(|kernel| {
+                let runs = kernel.runs_here();
+                if !runs {
+                    eprintln!(
+                        "the {} kernel is not tested: this CPU cannot run it",
+                        kernel.name()
+                    );
+                }
+                runs
+            })
+            .collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for &(m, n, k) in &[
             (0, 5, 7),
@@ -580,31 +747,21 @@ mod tests {
                 random(n, &mut rng),
             );
             let (residual, held) = (random(m * n, &mut rng), random(m * n, &mut rng));
-            let packed = PackedWeight::new(&w, n, k);
-            assert_eq!(packed.panels, own_kernel_available());
-            let transposed: Vec<f32> = (0..k)
-                .flat_map(|kk| (0..n).map(|j| w[j * k + kk]).collect::<Vec<_>>())
-                .collect();
-            if let Some(mut from_transpose) = PackedWeight::empty_panels(n, k) {
+            if MatmulKernel::Avx2.runs_here() {
+                let transposed: Vec<f32> = (0..k)
+                    .flat_map(|kk| (0..n).map(|j| w[j * k + kk]).collect::<Vec<_>>())
+                    .collect();
+                let mut from_transpose = PackedWeight::zeroed_panels(n, k);
                 from_transpose.pack_transposed(&transposed);
+                let packed = PackedWeight::for_kernel(&w, n, k, MatmulKernel::Avx2);
                 assert_eq!(from_transpose.data, packed.data, "{m}x{n}x{k}");
             }
-            let plain = PackedWeight {
-                out: n,
-                depth: k,
-                data: w.clone(),
-                panels: false,
-            };
-            let plain_rows = PackedRows {
-                rows: m,
-                depth: k,
-                data: x.clone(),
-                groups: false,
-            };
-            let rows = PackedRows::new(&x, m, k);
             // (what, result, the start's value at (i, j))
             let mut results: Vec<(String, Vec<f32>, Box<dyn Fn(usize, usize) -> f64>)> = vec![];
-            for (path, weight, rows) in [("ours", &packed, &rows), ("gemm", &plain, &plain_rows)] {
+            for &kernel in &kernels {
+                let path = kernel.name();
+                let weight = &PackedWeight::for_kernel(&w, n, k, kernel);
+                let rows = &PackedRows::for_kernel(&x, m, k, kernel);
                 let (bias, residual, held) = (bias.clone(), residual.clone(), held.clone());
                 results.push((
                     format!("{path} linear"),

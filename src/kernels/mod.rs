@@ -8,8 +8,9 @@
 //! This is the bottom layer of the crate: it imports nothing from gfer but
 //! [`crate::error`], and the model, encoder and training code build on it.
 //!
-//! - Matrix products: the packed 6x16 AVX2/FMA kernel ([`matmul`]) under the encoders'
-//!   linear layers and the convolutions, and the strided product on the `gemm` crate
+//! - Matrix products: the packed 6x16 AVX2/FMA kernel or the `gemm` crate, one per
+//!   process ([`choose_matmul_kernel`], `GFER_MATMUL`), under the encoders' linear layers
+//!   and the convolutions, and the strided product on the `gemm` crate
 //!   ([`gemm`]) for f64, the machines the packed kernel does not serve, and the fused
 //!   training step. When each hands work to the thread pool: [`threading`].
 //! - The ResNet's trainable layers as candle custom ops with their backward passes,
@@ -50,6 +51,9 @@ pub use batch_norm::batch_norm_train;
 pub use conv::conv2d;
 pub use layer_norm::LayerNorm;
 pub use linear::FrozenLinear;
+pub use matmul::{
+    choose_matmul_kernel, matmul_kernel, KernelRequest, MatmulKernel, KERNEL_VARIABLE,
+};
 pub use pool::max_pool2d;
 pub use relu::relu;
 

@@ -1,9 +1,11 @@
 //! The model bundle: ONE `.safetensors` file holding a trained model's tensors and, in its
 //! metadata, everything needed to use it: the encoder it expects (id and weights
 //! fingerprint), the preprocessing, the class names, the model options and the training
-//! configuration. `eval`, `predict` and `serve` all read this file.
+//! configuration, and how the training faces were cut when gfer cut them. `eval`,
+//! `predict` and `serve` all read this file.
 
 use crate::backbone::Encoder;
+use crate::data::FaceCropping;
 use crate::error::{Error, Result};
 use crate::formats::tensorfile;
 use crate::image::Preprocess;
@@ -34,6 +36,9 @@ pub struct BundleMeta {
     pub model: serde_json::Value,
     /// The training configuration that produced these weights.
     pub training: serde_json::Value,
+    /// How the training faces were cut from their photos, when gfer cut them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<FaceCropping>,
 }
 
 pub struct Bundle {

@@ -250,13 +250,13 @@ const CSV_FIXED_COLUMNS: [&str; 10] = [
     "confidence",
 ];
 
-/// After the class probabilities: a video's frame and time and the face's track, the head's
-/// roll and the five landmarks (each empty when it does not apply).
-const CSV_FACE_COLUMNS: [&str; 14] = [
-    "frame",
-    "time",
-    "track",
-    "roll",
+/// After the class probabilities: a video's frame and time and the face's track, and the
+/// head's roll, then [`LANDMARK_COLUMNS`] (each empty when it does not apply).
+const CSV_FACE_COLUMNS: [&str; 4] = ["frame", "time", "track", "roll"];
+
+/// The landmarks' CSV columns: x then y of the left eye, right eye, nose, left and right
+/// mouth corner.
+pub const LANDMARK_COLUMNS: [&str; 10] = [
     "left_eye_x",
     "left_eye_y",
     "right_eye_x",
@@ -283,11 +283,16 @@ fn write_csv<W: Write>(
     result: &ImageResult,
     with_header: bool,
 ) -> std::io::Result<()> {
-    let columns = CSV_FIXED_COLUMNS.len() + class_names.len() + CSV_FACE_COLUMNS.len() + 1;
+    let columns = CSV_FIXED_COLUMNS.len()
+        + class_names.len()
+        + CSV_FACE_COLUMNS.len()
+        + LANDMARK_COLUMNS.len()
+        + 1;
     if with_header {
         let mut header: Vec<&str> = CSV_FIXED_COLUMNS.to_vec();
         header.extend(class_names.iter().map(String::as_str));
         header.extend(CSV_FACE_COLUMNS);
+        header.extend(LANDMARK_COLUMNS);
         header.push("error");
         out.write_record(&header)?;
     }
@@ -327,7 +332,7 @@ fn write_csv<W: Write>(
                     points
                         .into_iter()
                         .chain(std::iter::repeat(String::new()))
-                        .take(10),
+                        .take(LANDMARK_COLUMNS.len()),
                 );
                 row.push(String::new());
                 out.write_record(&row)?;

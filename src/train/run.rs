@@ -131,7 +131,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, watch: &Watch, device: &Device) -> R
     if !folder.path(CONFIG).exists() {
         write_metadata(&folder, cfg, &dataset, &data)?;
     }
-    let bundles = BundleWriter::new(&folder, cfg, &model.spec, encoder.as_deref())?;
+    let bundles = BundleWriter::new(&folder, cfg, &dataset, &model.spec, encoder.as_deref())?;
     let ctx = TrainContext {
         run: &folder,
         recipe: &cfg.recipe,
@@ -353,6 +353,7 @@ impl<'a> BundleWriter<'a> {
     fn new(
         folder: &'a RunFolder,
         cfg: &TrainConfig,
+        dataset: &Dataset,
         spec: &ModelSpec,
         encoder: Option<&dyn Encoder>,
     ) -> Result<Self> {
@@ -376,6 +377,7 @@ impl<'a> BundleWriter<'a> {
                 classes: Expression::names(),
                 model: json(serde_json::to_value(spec))?,
                 training: json(serde_json::to_value(cfg))?,
+                faces: dataset.face_cropping.clone(),
             },
         })
     }

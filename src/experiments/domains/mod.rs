@@ -17,7 +17,7 @@ pub mod avatars;
 pub mod emoji;
 pub mod photos;
 
-use crate::data::Split;
+use crate::data::{FaceCropping, Split};
 use crate::{Error, Expression, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,6 +128,7 @@ pub fn build(options: &BuildOptions) -> Result<Vec<DomainSummary>> {
         &options.out,
         &avatar_plan,
         |avatar| parts.render(avatar, size),
+        None,
         &progress,
     )?);
     for (artist, plan) in &emoji_plans {
@@ -136,6 +137,7 @@ pub fn build(options: &BuildOptions) -> Result<Vec<DomainSummary>> {
             &options.out,
             plan,
             |source| emoji::render(source, size),
+            None,
             &progress,
         )?);
     }
@@ -144,19 +146,22 @@ pub fn build(options: &BuildOptions) -> Result<Vec<DomainSummary>> {
         &options.out,
         &photo_plan,
         |source| photos::render(source, size, aligner.as_ref()),
+        Some(&photos::cropping(aligner.as_ref())),
         &progress,
     )?);
     progress.finish_and_clear();
     Ok(summaries)
 }
 
-/// Renders a domain's images in parallel into a staging folder, writes its manifest
-/// and moves the folder to `out/<name>`, replacing an earlier build of that domain.
+/// Renders a domain's images in parallel into a staging folder, writes its manifest (and
+/// how its faces were cut from photos, for a domain of photos) and moves the folder to
+/// `out/<name>`, replacing an earlier build of that domain.
 pub fn write_domain<S: Sync>(
     name: &str,
     out: &Path,
     plan: &[Planned<S>],
     render: impl Fn(&S) -> Result<RgbImage> + Sync,
+    faces: Option<&FaceCropping>,
     progress: &ProgressBar,
 ) -> Result<DomainSummary> {
     progress.set_message(name.to_string());
@@ -182,6 +187,9 @@ pub fn write_domain<S: Sync>(
         Ok::<_, Error>(())
     })?;
     write_manifest(&staging.join(MANIFEST), name, plan)?;
+    if let Some(faces) = faces {
+        faces.write_beside(&staging.join(MANIFEST))?;
+    }
 
     if target.exists() {
         // Only ever replace a folder this function wrote.
@@ -346,8 +354,8 @@ mod tests {
         };
         let grey = |v: &u8| Ok(RgbImage::from_pixel(4, 4, image::Rgb([*v; 3])));
         let progress = ProgressBar::hidden();
-        write_domain("grey", out.path(), &plan(3), grey, &progress).unwrap();
-        let summary = write_domain("grey", out.path(), &plan(1), grey, &progress).unwrap();
+        write_domain("grey", out.path(), &plan(3), grey, None, &progress).unwrap();
+        let summary = write_domain("grey", out.path(), &plan(1), grey, None, &progress).unwrap();
         assert_eq!(summary.class_counts, [0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(summary.split_counts, [0, 0, 1]);
         // The earlier build's extra images are gone with it; no staging folder is left.
@@ -356,7 +364,7 @@ mod tests {
         assert!(!out.path().join(".grey.partial").exists());
 
         std::fs::create_dir_all(out.path().join("mine")).unwrap();
-        let err = write_domain("mine", out.path(), &plan(1), grey, &progress).unwrap_err();
+        let err = write_domain("mine", out.path(), &plan(1), grey, None, &progress).unwrap_err();
         assert!(
             err.to_string().contains("not a domain built by gfer"),
             "{err}"

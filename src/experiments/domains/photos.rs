@@ -20,6 +20,7 @@
 //! 512x512 head-and-shoulders shots their central square.
 
 use super::{missing_asset, Planned, Split};
+use crate::data::FaceCropping;
 use crate::detect::align::{aligned_crop, Template};
 use crate::detect::mtcnn::{Mtcnn, MtcnnDetector, MtcnnSettings, DEFAULT_MIN_SCORE};
 use crate::detect::FaceDetector;
@@ -192,6 +193,7 @@ fn is_png(path: &Path) -> bool {
 /// MTCNN and the template the photos' faces are aligned to.
 pub struct Aligner {
     detector: MtcnnDetector,
+    margin: f32,
     template: Template,
 }
 
@@ -204,12 +206,14 @@ impl Aligner {
             crate::assets::fetch(assets, &["mtcnn".to_string()])?;
         }
         let mtcnn = Mtcnn::load(&weights, MtcnnSettings::default())?;
+        let margin = crate::predict::PredictOptions::default().crop_margin;
         Ok(Aligner {
             detector: MtcnnDetector {
                 mtcnn,
                 min_score: DEFAULT_MIN_SCORE,
             },
-            template: Template::arcface(crate::predict::PredictOptions::default().crop_margin),
+            margin,
+            template: Template::arcface(margin),
         })
     }
 
@@ -224,6 +228,23 @@ impl Aligner {
             Some(landmarks) => Ok(Some(aligned_crop(image, &landmarks, &self.template, size)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// How the photos' faces are cut: as `gfer predict` cuts them with `aligner`, else at
+/// fixed places.
+pub fn cropping(aligner: Option<&Aligner>) -> FaceCropping {
+    match aligner {
+        Some(aligner) => FaceCropping {
+            detector: "mtcnn".into(),
+            align: "landmarks".into(),
+            margin: Some(aligner.margin),
+        },
+        None => FaceCropping {
+            detector: "none".into(),
+            align: "none".into(),
+            margin: None,
+        },
     }
 }
 
