@@ -129,7 +129,7 @@ pub fn drop_vector(
     drop_per_group: usize,
     rng: &mut impl rand::Rng,
 ) -> Result<Vec<f32>> {
-    let group = if classes == 0 { 0 } else { dim / classes };
+    let group = dim.checked_div(classes).unwrap_or(0);
     if group == 0 || drop_per_group > group {
         return Err(Error::config(format!(
             "cannot drop {drop_per_group} of each of {classes} groups in {dim} channels"
