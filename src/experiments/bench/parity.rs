@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::formats::tensorfile::{self, TensorFile};
 use crate::model::classifier::{GeneratorSpec, Method};
 use crate::model::resnet::RESNET18_WIDTHS;
-use crate::model::{Batch, CafeConfig, Classifier, ModelSpec, Trainable};
+use crate::model::{Batch, CafeConfig, CafeLosses, Classifier, ModelSpec, Trainable};
 use crate::train::optim::{Adam, AdamConfig, ExponentialLr};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,6 +43,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// Takes in another report's worst values and failures.
+    fn merge(&mut self, other: Report) {
+        for (kind, (rel, tensor)) in other.worst {
+            self.note_worst(kind, rel, &tensor);
+        }
+        self.failures.extend(other.failures);
+    }
+
+    fn note_worst(&mut self, kind: &'static str, rel: f64, tensor: &str) {
+        let entry = self.worst.entry(kind).or_insert((0.0, String::new()));
+        if rel > entry.0 {
+            *entry = (rel, tensor.to_string());
+        }
+    }
+
     fn compare(
         &mut self,
         kind: &'static str,
@@ -75,10 +91,7 @@ impl Report {
         } else {
             f64::INFINITY
         };
-        let entry = self.worst.entry(kind).or_insert((0.0, String::new()));
-        if rel > entry.0 {
-            *entry = (rel, name.to_string());
-        }
+        self.note_worst(kind, rel, name);
         if rel > tol {
             self.failures
                 .push(format!("{name}: relative error {rel:.2e} > {tol:.0e}"));
@@ -98,202 +111,247 @@ fn bad(file: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-fn meta<T: std::str::FromStr>(
-    metadata: &BTreeMap<String, String>,
-    key: &str,
-    file: &Path,
-) -> Result<T> {
-    let text = metadata
-        .get(key)
-        .ok_or_else(|| bad(file, format!("metadata lacks `{key}`")))?;
-    text.parse()
-        .map_err(|_| bad(file, format!("metadata `{key}` = {text:?} does not parse")))
+/// A fixture as read: its tensors in the replay's dtype and what its metadata says.
+struct Fixture<'a> {
+    file: &'a Path,
+    tensors: HashMap<String, Tensor>,
+    metadata: BTreeMap<String, String>,
 }
 
-fn tensor<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, file: &Path) -> Result<&'a Tensor> {
-    tensors
-        .get(name)
-        .ok_or_else(|| bad(file, format!("no tensor {name}")))
+impl<'a> Fixture<'a> {
+    /// The fixture's tensors on `device`, floating-point ones in `dtype`.
+    fn load(file: &'a Path, device: &Device, dtype: DType) -> Result<Self> {
+        let TensorFile { tensors, metadata } = tensorfile::load(file, device)?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if t.dtype().is_float() {
+                    t.to_dtype(dtype)?
+                } else {
+                    t
+                };
+                Ok((name, t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            file,
+            tensors,
+            metadata,
+        })
+    }
+
+    fn meta<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let text = self
+            .metadata
+            .get(key)
+            .ok_or_else(|| bad(self.file, format!("metadata lacks `{key}`")))?;
+        text.parse().map_err(|_| {
+            bad(
+                self.file,
+                format!("metadata `{key}` = {text:?} does not parse"),
+            )
+        })
+    }
+
+    fn tensor(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| bad(self.file, format!("no tensor {name}")))
+    }
+
+    /// PyTorch's value of `name` (`expect.<name>`).
+    fn expected(&self, name: &str) -> Result<&Tensor> {
+        self.tensor(&format!("expect.{name}"))
+    }
+
+    /// The ResNet widths (`widths`, the full ResNet-18's when absent).
+    fn widths(&self) -> Result<[usize; 4]> {
+        let Some(text) = self.metadata.get("widths") else {
+            return Ok(RESNET18_WIDTHS);
+        };
+        let widths: Vec<usize> = text
+            .split(',')
+            .map(|v| v.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad(self.file, format!("widths {text:?} do not parse")))?;
+        widths
+            .try_into()
+            .map_err(|_| bad(self.file, format!("widths {text:?}: four needed")))
+    }
+
+    /// The CAFE model's configuration, checked against the fixture's group size.
+    fn cafe_config(&self, widths: [usize; 4]) -> Result<CafeConfig> {
+        let cfg = CafeConfig {
+            feature_dim: self.tensor("input.features")?.dim(1)?,
+            classes: self.meta("classes")?,
+            lambda: self.meta("lambda")?,
+            beta: self.meta("beta")?,
+            // The fixture brings its own drop vectors.
+            drop_per_group: 0,
+            trunk_widths: widths,
+            ..CafeConfig::default()
+        };
+        let group: usize = self.meta("group")?;
+        if cfg.group() != group {
+            let message = format!(
+                "group {group} in the metadata, {} from D and L",
+                cfg.group()
+            );
+            return Err(bad(self.file, message));
+        }
+        Ok(cfg)
+    }
+
+    /// The model built from the fixture's `init.*` tensors, which must be exactly the
+    /// model's.
+    fn model(&self, device: &Device, dtype: DType) -> Result<Classifier> {
+        let widths = self.widths()?;
+        let spec = ModelSpec::new(
+            Method::Cafe,
+            self.cafe_config(widths)?,
+            GeneratorSpec::Resnet { widths },
+        );
+        let given: HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("init.").map(|n| (n.to_string(), v.clone())))
+            .collect();
+        let given_names: BTreeSet<String> = given.keys().cloned().collect();
+        let model = Classifier::new(VarBuilder::from_tensors(given, dtype, device), &spec)?;
+        let model_names: BTreeSet<String> = model
+            .trainable_vars()
+            .into_iter()
+            .chain(model.buffers())
+            .map(|(n, _)| n)
+            .collect();
+        if model_names != given_names {
+            let missing: Vec<_> = model_names.difference(&given_names).collect();
+            let extra: Vec<_> = given_names.difference(&model_names).collect();
+            return Err(bad(
+                self.file,
+                format!(
+                    "init.* must be exactly the model's tensors: missing {missing:?}, \
+                     extra {extra:?}"
+                ),
+            ));
+        }
+        Ok(model)
+    }
+
+    fn batch(&self) -> Result<Batch> {
+        Ok(Batch {
+            images: Some(self.tensor("input.images")?.clone()),
+            features: Some(self.tensor("input.features")?.clone()),
+            mask_input: None,
+            labels: self.tensor("input.labels")?.clone(),
+        })
+    }
 }
 
 /// Replays one fixture on `device` in `dtype`: every step when `all_steps`, else the first
 /// forward pass only (and the f32 gradients for information).
 pub fn replay(file: &Path, device: &Device, dtype: DType, all_steps: bool) -> Result<Report> {
-    let TensorFile { tensors, metadata } = tensorfile::load(file, device)?;
-    let tensors: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if v.dtype().is_float() {
-                v.to_dtype(dtype)?
-            } else {
-                v
-            };
-            Ok((k, v))
-        })
-        .collect::<Result<_>>()?;
-    let steps: usize = meta(&metadata, "steps", file)?;
-    let steps_per_epoch: usize = meta(&metadata, "steps_per_epoch", file)?;
-    let classes: usize = meta(&metadata, "classes", file)?;
-    let group: usize = meta(&metadata, "group", file)?;
-    let widths = match metadata.get("widths") {
-        None => RESNET18_WIDTHS,
-        Some(text) => {
-            let w: Vec<usize> = text
-                .split(',')
-                .map(|v| v.trim().parse())
-                .collect::<Result<_, _>>()
-                .map_err(|_| bad(file, format!("widths {text:?} do not parse")))?;
-            w.try_into()
-                .map_err(|_| bad(file, format!("widths {text:?}: four needed")))?
-        }
-    };
-    let images = tensor(&tensors, "input.images", file)?;
-    let features = tensor(&tensors, "input.features", file)?;
-    let labels = tensor(&tensors, "input.labels", file)?;
-    let feature_dim = features.dim(1)?;
-    let cfg = CafeConfig {
-        feature_dim,
-        classes,
-        lambda: meta(&metadata, "lambda", file)?,
-        beta: meta(&metadata, "beta", file)?,
-        // The fixture brings its own drop vectors.
-        drop_per_group: 0,
-        trunk_widths: widths,
-        ..CafeConfig::default()
-    };
-    if cfg.group() != group {
-        return Err(bad(
-            file,
-            format!(
-                "group {group} in the metadata, {} from D and L",
-                cfg.group()
-            ),
-        ));
-    }
-
-    let given: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("init.").map(|n| (n.to_string(), v.clone())))
-        .collect();
-    let vb = VarBuilder::from_tensors(given.clone(), dtype, device);
-    let generator = GeneratorSpec::Resnet { widths };
-    let model = Classifier::new(vb, &ModelSpec::new(Method::Cafe, cfg.clone(), generator))?;
-    let model_names: BTreeSet<String> = model
-        .trainable_vars()
-        .into_iter()
-        .chain(model.buffers())
-        .map(|(n, _)| n)
-        .collect();
-    let given_names: BTreeSet<String> = given.keys().cloned().collect();
-    if model_names != given_names {
-        let missing: Vec<_> = model_names.difference(&given_names).collect();
-        let extra: Vec<_> = given_names.difference(&model_names).collect();
-        return Err(bad(
-            file,
-            format!(
-                "init.* must be exactly the model's tensors: missing {missing:?}, extra {extra:?}"
-            ),
-        ));
-    }
-
-    let adam_cfg = AdamConfig {
-        lr: meta(&metadata, "lr", file)?,
-        weight_decay: meta(&metadata, "weight_decay", file)?,
+    let fixture = Fixture::load(file, device, dtype)?;
+    let model = fixture.model(device, dtype)?;
+    let batch = fixture.batch()?;
+    let adam = AdamConfig {
+        lr: fixture.meta("lr")?,
+        weight_decay: fixture.meta("weight_decay")?,
         ..AdamConfig::default()
     };
-    let mut optimizer = Adam::new(model.trainable_vars(), adam_cfg)?;
+    let mut optimizer = Adam::new(model.trainable_vars(), adam)?;
     let schedule = ExponentialLr {
-        gamma: meta(&metadata, "gamma", file)?,
+        gamma: fixture.meta("gamma")?,
     };
-    let batch = Batch {
-        images: Some(images.clone()),
-        features: Some(features.clone()),
-        mask_input: None,
-        labels: labels.clone(),
-    };
+    let steps_per_epoch: usize = fixture.meta("steps_per_epoch")?;
 
     let mut report = Report::default();
-    let steps = if all_steps { steps } else { 1 };
+    let steps = if all_steps { fixture.meta("steps")? } else { 1 };
     for step in 0..steps {
-        let drop = tensor(&tensors, &format!("input.drop.{step}"), file)?;
+        let drop = fixture.tensor(&format!("input.drop.{step}"))?;
         let losses = model.train_losses(&batch, drop)?;
         let grads = losses.loss.backward()?;
         if step == 0 {
-            let expect = |name: &str| tensor(&tensors, &format!("expect.{name}"), file);
-            report.compare(
-                "forward",
-                "logits",
-                &losses.logits,
-                expect("logits")?,
-                FORWARD_TOL,
-            )?;
-            for (name, ours) in [
-                ("loss_cls", &losses.loss_cls),
-                ("loss_sep", &losses.loss_sep),
-                ("loss_div", &losses.loss_div),
-                ("loss", &losses.loss),
-            ] {
-                report.compare(
-                    "forward",
-                    name,
-                    &ours.reshape(1)?,
-                    expect(name)?,
-                    FORWARD_TOL,
-                )?;
-            }
+            compare_forward(&mut report, &fixture, &losses)?;
             if !all_steps {
-                let mut info = Report::default();
-                for (name, var) in model.trainable_vars() {
-                    if let Some(ours) = grads.get(var.as_tensor()) {
-                        let expected = expect(&format!("grad.{name}"))?;
-                        info.compare("gradient", &name, ours, expected, LATER_TOL)?;
-                    }
-                }
-                report.f32_gradient = info.worst.remove("gradient");
+                report.f32_gradient = gradients(&fixture, &model, &grads)?
+                    .worst
+                    .remove("gradient");
                 return Ok(report);
             }
-            for (name, var) in model.trainable_vars() {
-                let ours = grads
-                    .get(var.as_tensor())
-                    .ok_or_else(|| Error::internal(format!("no gradient for {name}")))?;
-                report.compare(
-                    "gradient",
-                    &format!("grad.{name}"),
-                    ours,
-                    expect(&format!("grad.{name}"))?,
-                    LATER_TOL,
-                )?;
-            }
+            report.merge(gradients(&fixture, &model, &grads)?);
         }
         optimizer.step(&grads)?;
-        for (name, var) in model.trainable_vars().into_iter().chain(model.buffers()) {
-            let key = format!("expect.step{step}.{name}");
-            let kind = if name.contains("running_") {
-                "running stat"
-            } else {
-                "after step"
-            };
-            report.compare(
-                kind,
-                &key,
-                var.as_tensor(),
-                tensor(&tensors, &key, file)?,
-                LATER_TOL,
-            )?;
-        }
+        compare_after_step(&mut report, &fixture, &model, step)?;
         if (step + 1) % steps_per_epoch == 0 {
             schedule.step(&mut optimizer);
         }
     }
     let eval_logits = model.logits(&batch)?;
+    let expected = fixture.expected("eval_logits")?;
     report.compare(
         "eval logits",
         "eval_logits",
         &eval_logits,
-        tensor(&tensors, "expect.eval_logits", file)?,
+        expected,
         LATER_TOL,
     )?;
     Ok(report)
+}
+
+/// The first forward pass: logits and each loss.
+fn compare_forward(report: &mut Report, fixture: &Fixture, losses: &CafeLosses) -> Result<()> {
+    let logits = fixture.expected("logits")?;
+    report.compare("forward", "logits", &losses.logits, logits, FORWARD_TOL)?;
+    for (name, ours) in [
+        ("loss_cls", &losses.loss_cls),
+        ("loss_sep", &losses.loss_sep),
+        ("loss_div", &losses.loss_div),
+        ("loss", &losses.loss),
+    ] {
+        let expected = fixture.expected(name)?;
+        report.compare("forward", name, &ours.reshape(1)?, expected, FORWARD_TOL)?;
+    }
+    Ok(())
+}
+
+/// The first step's gradient of every trainable tensor, in a report of its own.
+fn gradients(fixture: &Fixture, model: &Classifier, grads: &GradStore) -> Result<Report> {
+    let mut report = Report::default();
+    for (name, var) in model.trainable_vars() {
+        let ours = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::internal(format!("no gradient for {name}")))?;
+        let key = format!("grad.{name}");
+        report.compare("gradient", &key, ours, fixture.expected(&key)?, LATER_TOL)?;
+    }
+    Ok(report)
+}
+
+/// Every trainable tensor and running statistic after optimizer step `step`.
+fn compare_after_step(
+    report: &mut Report,
+    fixture: &Fixture,
+    model: &Classifier,
+    step: usize,
+) -> Result<()> {
+    for (name, var) in model.trainable_vars().into_iter().chain(model.buffers()) {
+        let key = format!("step{step}.{name}");
+        let kind = if name.contains("running_") {
+            "running stat"
+        } else {
+            "after step"
+        };
+        let expected = fixture.expected(&key)?;
+        report.compare(
+            kind,
+            &format!("expect.{key}"),
+            var.as_tensor(),
+            expected,
+            LATER_TOL,
+        )?;
+    }
+    Ok(())
 }
 
 /// One fixture's two replays: f64 with every step, f32 with the first forward pass.
