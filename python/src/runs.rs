@@ -325,27 +325,7 @@ pub fn train<'py>(
         let data = data.ok_or_else(|| bad_input("train: data is required"))?;
         return build_cache(py, flags.config(data, method), shard, &device, progress);
     }
-    let (cfg, out) = match resume {
-        Some(run) => {
-            if data.is_some() || out.is_some() {
-                return Err(bad_input(
-                    "resume continues the run with its own configuration: pass no data or out",
-                ));
-            }
-            (py.detach(|| run::load_config(&run)).or_raise()?, run)
-        }
-        None => {
-            let out = out.ok_or_else(|| bad_input("train: out (the run folder) is required"))?;
-            let data = data.ok_or_else(|| bad_input("train: data is required"))?;
-            if out.join(run::CONFIG).exists() {
-                return Err(bad_input(format!(
-                    "{0} already holds a run; pass resume={0:?} to continue it, or choose another out",
-                    path_text(&out)
-                )));
-            }
-            (flags.config(data, method), out)
-        }
-    };
+    let (cfg, out) = config_and_folder(py, data, out, resume, |data| flags.config(data, method))?;
     let stop = AtomicBool::new(false);
     let bar = work::progress_bar(progress, 0, "images");
     let ran = work::run(
@@ -363,12 +343,53 @@ pub fn train<'py>(
         },
     );
     bar.finish_and_clear();
-    let outcome = ran.output.or_raise()?;
+    train_result(py, ran.output.or_raise()?, ran.interrupted)
+}
+
+/// The run's configuration and folder: a new run's from the options, or, with `resume`,
+/// the configuration the run folder holds.
+fn config_and_folder(
+    py: Python<'_>,
+    data: Option<String>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    config: impl FnOnce(String) -> TrainConfig,
+) -> PyResult<(TrainConfig, PathBuf)> {
+    match resume {
+        Some(run) => {
+            if data.is_some() || out.is_some() {
+                return Err(bad_input(
+                    "resume continues the run with its own configuration: pass no data or out",
+                ));
+            }
+            Ok((py.detach(|| run::load_config(&run)).or_raise()?, run))
+        }
+        None => {
+            let out = out.ok_or_else(|| bad_input("train: out (the run folder) is required"))?;
+            let data = data.ok_or_else(|| bad_input("train: data is required"))?;
+            if out.join(run::CONFIG).exists() {
+                return Err(bad_input(format!(
+                    "{0} already holds a run; pass resume={0:?} to continue it, or choose another out",
+                    path_text(&out)
+                )));
+            }
+            Ok((config(data), out))
+        }
+    }
+}
+
+/// What `train` returns for how the run ended; Ctrl-C raises `KeyboardInterrupt` saying
+/// how to continue.
+fn train_result<'py>(
+    py: Python<'py>,
+    outcome: RunOutcome,
+    interrupted: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let resume_hint = |run: &Path| format!("gfer.train(resume={})", work::py_str(&path_text(run)));
     let none = py.None();
     let result = match outcome {
         RunOutcome::Interrupted { run, epoch, step } => {
-            if ran.interrupted {
+            if interrupted {
                 return Err(PyKeyboardInterrupt::new_err(format!(
                     "stopped in epoch {} after step {step}; saved. Continue with: {}",
                     epoch + 1,
@@ -386,7 +407,7 @@ pub fn train<'py>(
             })
         }
         RunOutcome::Finished(report) => {
-            if ran.interrupted {
+            if interrupted {
                 return Err(PyKeyboardInterrupt::new_err(format!(
                     "interrupted after the run had finished: {}",
                     path_text(&report.bundle)
