@@ -163,8 +163,8 @@ pub struct EncodeArgs {
     pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArgs,
-    /// The matrix kernel: auto (the one this CPU runs fastest), avx2 (gfer's own) or gemm
-    /// (the gemm crate). Default: GFER_MATMUL, else auto.
+    /// The matrix kernel: auto (the one measured fastest on this kind of CPU), avx2 or
+    /// avx512 (gfer's own) or gemm (the gemm crate). Default: GFER_MATMUL, else auto.
     #[arg(long, value_parser = parse_kernel)]
     pub kernel: Option<gfer::kernels::KernelRequest>,
 }

@@ -5,21 +5,24 @@
 //! below ([`PackedWeight::fill_panels`], `super::conv_panels`) and whose weight is packed
 //! once per batch ([`PackedRows`]).
 //!
-//! Two kernels, one per process, chosen by [`choose_matmul_kernel`] (`GFER_MATMUL=auto|
-//! avx2|gemm`):
+//! Three kernels, one per process, chosen by [`choose_matmul_kernel`] (`GFER_MATMUL=auto|
+//! avx2|avx512|gemm`):
 //!
-//! - `avx2`, our own, laid out as ONNX Runtime's MLAS lays out its f32 products: the
-//!   weight is repacked once, when the layer is built, into panels of 16 output columns
-//!   (`[k][16]` each); `x` is packed per call into groups of 6 rows (`[k][6]`); the kernel
-//!   broadcasts a group against a panel, keeping the 6x16 block of results in 12 AVX
-//!   registers, and adds the bias and the residual as the block is first stored.
+//! - `avx2` and `avx512`, our own, laid out as ONNX Runtime's MLAS lays out its f32
+//!   products: the weight is repacked once, when the layer is built, into panels of 16
+//!   output columns (`[k][16]` each); `x` is packed per call into groups of rows (`[k][g]`);
+//!   the kernel broadcasts a group against a panel, keeping the block of results in
+//!   registers, and adds the bias and the residual as the block is first stored. One
+//!   generic block ([`simd`]'s `block`) serves both: 6 rows of two 8-wide vectors in 12 of
+//!   AVX2's 16 registers, 24 rows of one 16-wide vector in 24 of AVX-512's 32.
 //! - `gemm`, the `gemm` crate on the weight as given, with its own AVX-512 kernels where
 //!   the CPU has them; the only choice on CPUs without AVX2 and FMA.
 //!
-//! `auto` runs ours wherever AVX2 and FMA are, AVX-512 machines included: on the AVX2
+//! `auto` runs `avx2` wherever AVX2 and FMA are, AVX-512 machines included: on the AVX2
 //! machines the `gemm` crate repacked the weights on every call and ran slower than
 //! OpenBLAS, and on a Zen 4 machine with AVX-512 the encoder ran faster on ours than on the
-//! `gemm` crate's AVX-512 kernels (README's Speed section has the figures).
+//! `gemm` crate's AVX-512 kernels (README's Speed section has the figures). `avx512` is
+//! never `auto`'s choice until it has been measured faster on an AVX-512 machine.
 
 use super::threading::{PACKED_PRODUCT_MIN_PARALLEL_WORK, PACKING_MIN_PARALLEL_LEN};
 use crate::error::{Error, Result};
@@ -28,8 +31,10 @@ use std::sync::OnceLock;
 /// The kernel that runs the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// Our packed 6x16 AVX2/FMA kernel.
+    /// Our packed kernel, 6x16 blocks in AVX2/FMA registers.
     Avx2,
+    /// The same kernel, 24x16 blocks in AVX-512 registers.
+    Avx512,
     /// The `gemm` crate.
     Gemm,
 }
@@ -47,9 +52,10 @@ impl std::str::FromStr for KernelRequest {
         match text.to_ascii_lowercase().as_str() {
             "auto" => Ok(KernelRequest::Auto),
             "avx2" => Ok(KernelRequest::Kernel(MatmulKernel::Avx2)),
+            "avx512" => Ok(KernelRequest::Kernel(MatmulKernel::Avx512)),
             "gemm" => Ok(KernelRequest::Kernel(MatmulKernel::Gemm)),
             _ => Err(Error::config(format!(
-                "unknown matrix kernel `{text}`: expected auto, avx2 or gemm"
+                "unknown matrix kernel `{text}`: expected auto, avx2, avx512 or gemm"
             ))),
         }
     }
@@ -59,7 +65,17 @@ impl MatmulKernel {
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::Avx2 => "avx2",
+            MatmulKernel::Avx512 => "avx512",
             MatmulKernel::Gemm => "gemm",
+        }
+    }
+
+    /// The instructions it needs of the CPU.
+    fn needs(self) -> &'static str {
+        match self {
+            MatmulKernel::Avx2 => "AVX2 and FMA",
+            MatmulKernel::Avx512 => "AVX-512F",
+            MatmulKernel::Gemm => "nothing",
         }
     }
 
@@ -71,8 +87,21 @@ impl MatmulKernel {
             MatmulKernel::Avx2 => {
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            MatmulKernel::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            MatmulKernel::Avx2 => false,
+            MatmulKernel::Avx2 | MatmulKernel::Avx512 => false,
+        }
+    }
+
+    /// How our kernel covers the output; `None` for the `gemm` crate.
+    fn shape(self) -> Option<TileShape> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            MatmulKernel::Avx2 => Some(simd::AVX2),
+            #[cfg(target_arch = "x86_64")]
+            MatmulKernel::Avx512 => Some(simd::AVX512),
+            _ => None,
         }
     }
 
@@ -133,24 +162,48 @@ fn resolve(request: Option<KernelRequest>) -> Result<MatmulKernel> {
         KernelRequest::Kernel(kernel) if kernel.runs_here() => kernel,
         KernelRequest::Kernel(kernel) => {
             return Err(Error::config(format!(
-                "the {} matrix kernel needs AVX2 and FMA, which this CPU lacks; use gemm or auto",
-                kernel.name()
+                "the {} matrix kernel needs {}, which this CPU lacks; use gemm or auto",
+                kernel.name(),
+                kernel.needs()
             )))
         }
     };
     Ok(kernel)
 }
 
-/// Output columns per weight panel: two AVX vectors.
+/// Output columns per weight panel: two AVX2 vectors, one AVX-512 vector.
 pub(crate) const PANEL: usize = 16;
-/// Rows of `x` per kernel call.
-const ROWS: usize = 6;
+/// The most rows of `x` a kernel takes at once.
+const MAX_GROUP: usize = 24;
 /// Depth of one pass: a panel's `DEPTH x 16` block (16 KiB) stays in the L1 cache while
 /// the rows stream past.
 const DEPTH: usize = 256;
 /// Rows per pass: `ROWS_PER_PASS x DEPTH` floats of `x` (192 KiB) stay in the L2 cache
 /// while a thread walks its panels.
 const ROWS_PER_PASS: usize = 192;
+
+/// How one of our kernels covers the output: groups of `rows` rows of `x`, each against
+/// one panel at a time by `block`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TileShape {
+    name: &'static str,
+    rows: usize,
+    block: BlockFn,
+}
+
+/// One block of sums: `(depth, group, panel, y, valid rows, tile, first row)`, as
+/// `simd::block` documents.
+type BlockFn = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, &Tile, usize);
+
+/// Where a block of sums goes.
+pub(crate) struct Tile<'a> {
+    /// Valid columns of this panel (16 but at the right edge).
+    columns: usize,
+    /// Row stride of the output (and the residual).
+    stride: usize,
+    /// What the sums start from, bias and residual from this panel's first column on.
+    start: OutputStart<'a>,
+}
 
 /// The right-hand side of a product, a weight `[out, in]` (PyTorch's layout for a linear
 /// layer), in the layout the product reads.
@@ -159,28 +212,29 @@ pub(crate) struct PackedWeight {
     depth: usize,
     /// `[out/16][in][16]` (zero-padded columns) for our kernel, `[out, in]` otherwise.
     data: Vec<f32>,
-    panels: bool,
+    /// Our kernel's shape where `data` is panels.
+    shape: Option<TileShape>,
 }
 
 impl PackedWeight {
     /// `weight` is `[out, in]`, row-major, laid out for the process's kernel.
     pub(crate) fn new(weight: &[f32], out: usize, depth: usize) -> Self {
-        Self::for_kernel(weight, out, depth, matmul_kernel())
+        Self::for_shape(weight, out, depth, matmul_kernel().shape())
     }
 
-    fn for_kernel(weight: &[f32], out: usize, depth: usize, kernel: MatmulKernel) -> Self {
+    fn for_shape(weight: &[f32], out: usize, depth: usize, shape: Option<TileShape>) -> Self {
         assert_eq!(weight.len(), out * depth, "weight is not [{out}, {depth}]");
-        match kernel {
-            MatmulKernel::Avx2 => {
-                let mut packed = Self::zeroed_panels(out, depth);
+        match shape {
+            Some(shape) => {
+                let mut packed = Self::zeroed_panels(out, depth, shape);
                 packed.pack(weight);
                 packed
             }
-            MatmulKernel::Gemm => Self {
+            None => Self {
                 out,
                 depth,
                 data: weight.to_vec(),
-                panels: false,
+                shape: None,
             },
         }
     }
@@ -189,15 +243,16 @@ impl PackedWeight {
     /// convolution's image patches), to be written with [`PackedWeight::fill_panels`];
     /// `None` where our kernel does not run.
     pub(crate) fn empty_panels(out: usize, depth: usize) -> Option<Self> {
-        (matmul_kernel() == MatmulKernel::Avx2).then(|| Self::zeroed_panels(out, depth))
+        let shape = matmul_kernel().shape()?;
+        Some(Self::zeroed_panels(out, depth, shape))
     }
 
-    fn zeroed_panels(out: usize, depth: usize) -> Self {
+    fn zeroed_panels(out: usize, depth: usize, shape: TileShape) -> Self {
         Self {
             out,
             depth,
             data: vec![0.0; out.div_ceil(PANEL) * depth * PANEL],
-            panels: true,
+            shape: Some(shape),
         }
     }
 
@@ -206,7 +261,10 @@ impl PackedWeight {
     /// written (they stay zero).
     pub(crate) fn fill_panels(&mut self, fill: impl Fn(usize, &mut [f32]) + Sync) {
         use rayon::prelude::*;
-        assert!(self.panels, "fill_panels on a weight without panels");
+        assert!(
+            self.shape.is_some(),
+            "fill_panels on a weight without panels"
+        );
         let panel_len = self.depth * PANEL;
         if panel_len == 0 {
             return;
@@ -265,37 +323,70 @@ impl PackedWeight {
 pub(crate) struct PackedRows {
     rows: usize,
     depth: usize,
-    /// `[rows/6][in][6]` (zero-padded rows) for our kernel, `[rows, in]` otherwise.
+    /// `[rows/g][in][g]` (zero-padded rows) for our kernel, whose shape takes groups of `g`
+    /// rows; `[rows, in]` otherwise.
     data: Vec<f32>,
-    groups: bool,
+    shape: Option<TileShape>,
 }
 
 impl PackedRows {
     /// `x` is `[rows, in]`, row-major, laid out for the process's kernel.
     pub(crate) fn new(x: &[f32], rows: usize, depth: usize) -> Self {
-        Self::for_kernel(x, rows, depth, matmul_kernel())
+        Self::for_shape(x, rows, depth, matmul_kernel().shape())
     }
 
-    fn for_kernel(x: &[f32], rows: usize, depth: usize, kernel: MatmulKernel) -> Self {
+    fn for_shape(x: &[f32], rows: usize, depth: usize, shape: Option<TileShape>) -> Self {
         assert_eq!(x.len(), rows * depth, "x is not [{rows}, {depth}]");
-        let groups = kernel == MatmulKernel::Avx2;
-        let data = if groups {
-            #[cfg(target_arch = "x86_64")]
-            {
-                avx2::pack_rows(x, rows, depth, rows * depth >= PACKING_MIN_PARALLEL_LEN)
+        let data = match shape {
+            Some(shape) => {
+                let parallel = rows * depth >= PACKING_MIN_PARALLEL_LEN;
+                pack_rows(x, rows, depth, shape.rows, parallel)
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("our kernel runs on x86_64 only")
-        } else {
-            x.to_vec()
+            None => x.to_vec(),
         };
         Self {
             rows,
             depth,
             data,
-            groups,
+            shape,
         }
     }
+}
+
+/// `x` as groups of `group` rows, each laid out `[depth][group]` (the last zero-padded), so
+/// the kernel reads one stream instead of `group` rows: faster on the widest layers, whose
+/// row streams a large power-of-two stride apart would share cache sets.
+fn pack_rows(x: &[f32], rows: usize, depth: usize, group: usize, parallel: bool) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(group <= MAX_GROUP, "groups of {group} rows");
+    let len = rows.div_ceil(group) * group * depth;
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut groups = Vec::with_capacity(len);
+    let pack = |(index, slots): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+        let first = index * group;
+        let source: [Option<&[f32]>; MAX_GROUP] = std::array::from_fn(|r| {
+            (r < group && first + r < rows).then(|| &x[(first + r) * depth..][..depth])
+        });
+        for (k, column) in slots.chunks_exact_mut(group).enumerate() {
+            for (slot, row) in column.iter_mut().zip(&source) {
+                slot.write(row.map_or(0.0, |row| row[k]));
+            }
+        }
+    };
+    let slots = &mut groups.spare_capacity_mut()[..len];
+    if parallel {
+        slots
+            .par_chunks_mut(group * depth)
+            .enumerate()
+            .for_each(pack);
+    } else {
+        slots.chunks_mut(group * depth).enumerate().for_each(pack);
+    }
+    // SAFETY: every slot up to len was written just above.
+    unsafe { groups.set_len(len) };
+    groups
 }
 
 /// What the sums of a product start from.
@@ -320,21 +411,20 @@ pub(crate) fn linear(
     let start = OutputStart::Bias(bias, residual);
     let len = rows * weight.out;
     check_shapes(x.len(), rows, weight, start, len);
-    #[cfg(target_arch = "x86_64")]
-    if weight.panels && weight.depth > 0 {
-        let x = PackedRows::for_kernel(x, rows, weight.depth, MatmulKernel::Avx2);
+    if let (Some(shape), true) = (weight.shape, weight.depth > 0) {
+        let x = PackedRows::for_shape(x, rows, weight.depth, Some(shape));
         let mut y = Vec::with_capacity(len);
-        // SAFETY: panels are only made where our kernel runs (AVX2, FMA); starting from the
-        // bias, the kernel writes every element of `y` without reading it.
+        // SAFETY: panels are only made for a kernel this CPU runs; starting from the bias,
+        // the kernel writes every element of `y` without reading it.
         unsafe {
-            avx2::product(&x, weight, start, y.as_mut_ptr());
+            product(&x, weight, shape, start, y.as_mut_ptr());
             y.set_len(len);
         }
         return y;
     }
     let mut y = vec![0.0; len];
     begin(start, &mut y, weight.out);
-    if !weight.panels {
+    if weight.shape.is_none() {
         gemm_crate(x, &weight.data, &mut y, rows, weight.out, weight.depth);
     }
     y
@@ -353,19 +443,19 @@ pub(crate) fn product_into(
         "x has depth {}, the weight {}",
         x.depth, weight.depth
     );
+    let name = |shape: Option<TileShape>| shape.map(|s| s.name);
     assert!(
-        x.groups == weight.panels || weight.depth == 0,
+        name(x.shape) == name(weight.shape) || weight.depth == 0,
         "x and the weight are packed for different kernels"
     );
-    #[cfg(target_arch = "x86_64")]
-    if weight.panels && weight.depth > 0 {
-        // SAFETY: panels are only made where our kernel runs (AVX2, FMA); y has the
-        // output's length (checked above).
-        unsafe { avx2::product(x, weight, start, y.as_mut_ptr()) };
+    if let (Some(shape), true) = (weight.shape, weight.depth > 0) {
+        // SAFETY: panels are only made for a kernel this CPU runs; y has the output's
+        // length (checked above).
+        unsafe { product(x, weight, shape, start, y.as_mut_ptr()) };
         return;
     }
     begin(start, y, weight.out);
-    if !weight.panels {
+    if weight.shape.is_none() {
         gemm_crate(&x.data, &weight.data, y, x.rows, weight.out, weight.depth);
     }
 }
@@ -445,142 +535,128 @@ fn gemm_crate(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize)
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{
-        OutputStart, PackedRows, PackedWeight, DEPTH, PACKED_PRODUCT_MIN_PARALLEL_WORK, PANEL,
-        ROWS, ROWS_PER_PASS,
-    };
+/// The output, shared by the threads of [`product`]; each writes only the columns of its
+/// panels.
+struct Output(*mut f32);
+// SAFETY: the threads of `product` write disjoint column ranges through it.
+unsafe impl Sync for Output {}
+
+/// `y = start + x · weightᵀ` on our kernel: the threads split the panels; each walks the
+/// depth in passes of [`DEPTH`] and the rows in passes of [`ROWS_PER_PASS`], so that a
+/// panel's block stays in L1 and the rows' in L2, and runs `shape`'s block on every group
+/// of rows against every panel of its share.
+///
+/// # Safety
+/// The CPU must run `shape`'s kernel; `x` holds row groups of `shape` and `weight` panels
+/// of the same depth; `y` has room for `[x.rows, weight.out]` and, when `start` is
+/// [`OutputStart::Output`], holds values.
+unsafe fn product(
+    x: &PackedRows,
+    weight: &PackedWeight,
+    shape: TileShape,
+    start: OutputStart,
+    y: *mut f32,
+) {
     use rayon::prelude::*;
-    use std::arch::x86_64::*;
-
-    /// The output, shared by the threads; each writes only the columns of its panels.
-    struct Output(*mut f32);
-    // SAFETY: the threads of `product` write disjoint column ranges through it.
-    unsafe impl Sync for Output {}
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA; `x` holds row groups and `weight` panels of the
-    /// same depth; `y` has room for `[x.rows, weight.out]` and, when `start` is
-    /// [`OutputStart::Output`], holds values.
-    pub(super) unsafe fn product(
-        x: &PackedRows,
-        weight: &PackedWeight,
-        start: OutputStart,
-        y: *mut f32,
-    ) {
-        let (rows, out, depth) = (x.rows, weight.out, weight.depth);
-        let panels = out.div_ceil(PANEL);
-        let tasks = if rows * out * depth < PACKED_PRODUCT_MIN_PARALLEL_WORK {
-            1
-        } else {
-            rayon::current_num_threads().clamp(1, panels)
-        };
-        let per_task = panels.div_ceil(tasks);
-        let output = Output(y);
-        let run = |task: usize| {
-            let output = &output;
-            let task_panels = task * per_task..((task + 1) * per_task).min(panels);
-            for k0 in (0..depth).step_by(DEPTH) {
-                let pass_depth = DEPTH.min(depth - k0);
-                for r0 in (0..rows).step_by(ROWS_PER_PASS) {
-                    let pass_rows = r0..(r0 + ROWS_PER_PASS).min(rows);
-                    for panel in task_panels.clone() {
-                        let n0 = panel * PANEL;
-                        let tile = Tile {
-                            columns: PANEL.min(out - n0),
-                            stride: out,
-                            // Later passes add to what the first one stored.
-                            start: match (k0, start) {
-                                (0, OutputStart::Bias(bias, residual)) => {
-                                    OutputStart::Bias(&bias[n0..], residual.map(|r| &r[n0..]))
-                                }
-                                (0, start) => start,
-                                _ => OutputStart::Output,
-                            },
-                        };
-                        let b = weight.data[(panel * depth + k0) * PANEL..].as_ptr();
-                        for first_row in pass_rows.clone().step_by(ROWS) {
-                            let valid = ROWS.min(pass_rows.end - first_row);
-                            let a = x.data[(first_row * depth + k0 * ROWS)..].as_ptr();
-                            // SAFETY: rows first_row.. and columns n0.. of y belong to
-                            // this task; a and b have pass_depth x 6 and x 16 floats left.
-                            unsafe {
-                                kernel(
-                                    pass_depth,
-                                    a,
-                                    b,
-                                    output.0.add(first_row * out + n0),
-                                    valid,
-                                    &tile,
-                                    first_row,
-                                )
+    let (rows, out, depth) = (x.rows, weight.out, weight.depth);
+    let group = shape.rows;
+    let panels = out.div_ceil(PANEL);
+    let tasks = if rows * out * depth < PACKED_PRODUCT_MIN_PARALLEL_WORK {
+        1
+    } else {
+        rayon::current_num_threads().clamp(1, panels)
+    };
+    let per_task = panels.div_ceil(tasks);
+    let output = Output(y);
+    let run = |task: usize| {
+        let output = &output;
+        let task_panels = task * per_task..((task + 1) * per_task).min(panels);
+        for k0 in (0..depth).step_by(DEPTH) {
+            let pass_depth = DEPTH.min(depth - k0);
+            for r0 in (0..rows).step_by(ROWS_PER_PASS) {
+                let pass_rows = r0..(r0 + ROWS_PER_PASS).min(rows);
+                for panel in task_panels.clone() {
+                    let n0 = panel * PANEL;
+                    let tile = Tile {
+                        columns: PANEL.min(out - n0),
+                        stride: out,
+                        // Later passes add to what the first one stored.
+                        start: match (k0, start) {
+                            (0, OutputStart::Bias(bias, residual)) => {
+                                OutputStart::Bias(&bias[n0..], residual.map(|r| &r[n0..]))
                             }
+                            (0, start) => start,
+                            _ => OutputStart::Output,
+                        },
+                    };
+                    let b = weight.data[(panel * depth + k0) * PANEL..].as_ptr();
+                    for first_row in pass_rows.clone().step_by(group) {
+                        let valid = group.min(pass_rows.end - first_row);
+                        let a = x.data[(first_row * depth + k0 * group)..].as_ptr();
+                        // SAFETY: rows first_row.. and columns n0.. of y belong to this
+                        // task; a and b have pass_depth x group and x 16 floats left; the
+                        // caller vouches for the CPU.
+                        unsafe {
+                            (shape.block)(
+                                pass_depth,
+                                a,
+                                b,
+                                output.0.add(first_row * out + n0),
+                                valid,
+                                &tile,
+                                first_row,
+                            )
                         }
                     }
                 }
             }
-        };
-        if tasks == 1 {
-            run(0);
-        } else {
-            (0..tasks).into_par_iter().for_each(run);
         }
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
     }
+}
 
-    /// `x` as groups of 6 rows, each laid out `[depth][6]` (the last zero-padded), so the
-    /// kernel reads one stream instead of six rows: faster on the widest layers, whose six
-    /// streams a large power-of-two stride apart would share cache sets.
-    pub(super) fn pack_rows(x: &[f32], rows: usize, depth: usize, parallel: bool) -> Vec<f32> {
-        let len = rows.div_ceil(ROWS) * ROWS * depth;
-        if len == 0 {
-            return Vec::new();
-        }
-        let mut groups = Vec::with_capacity(len);
-        let pack = |(index, group): (usize, &mut [std::mem::MaybeUninit<f32>])| {
-            let first = index * ROWS;
-            let source: [Option<&[f32]>; ROWS] = std::array::from_fn(|r| {
-                (first + r < rows).then(|| &x[(first + r) * depth..][..depth])
-            });
-            for (k, column) in group.chunks_exact_mut(ROWS).enumerate() {
-                for (slot, row) in column.iter_mut().zip(&source) {
-                    slot.write(row.map_or(0.0, |row| row[k]));
-                }
-            }
-        };
-        let slots = &mut groups.spare_capacity_mut()[..len];
-        if parallel {
-            slots
-                .par_chunks_mut(ROWS * depth)
-                .enumerate()
-                .for_each(pack);
-        } else {
-            slots.chunks_mut(ROWS * depth).enumerate().for_each(pack);
-        }
-        // SAFETY: every slot up to len was written just above.
-        unsafe { groups.set_len(len) };
-        groups
-    }
+/// Our kernel's block, written once over the vector width and instantiated per
+/// instruction set.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{OutputStart, Tile, TileShape, PANEL};
+    use std::arch::x86_64::*;
 
-    /// Where a 6x16 block of sums goes.
-    struct Tile<'a> {
-        /// Valid columns of this panel (16 but at the right edge).
-        columns: usize,
-        /// Row stride of the output (and the residual).
-        stride: usize,
-        /// What the sums start from, bias and residual from this panel's first column on.
-        start: OutputStart<'a>,
-    }
+    /// AVX2: 6 rows x two 8-wide vectors, 12 of 16 registers holding sums.
+    pub(super) const AVX2: TileShape = TileShape {
+        name: "avx2",
+        rows: 6,
+        block: block_avx2,
+    };
+    /// AVX-512: 24 rows x one 16-wide vector, 24 of 32 registers holding sums.
+    pub(super) const AVX512: TileShape = TileShape {
+        name: "avx512",
+        rows: super::MAX_GROUP,
+        block: block_avx512,
+    };
+    // Row passes start at a group's first row, for every kernel's group.
+    const _: () = assert!(
+        super::ROWS_PER_PASS.is_multiple_of(AVX2.rows)
+            && super::ROWS_PER_PASS.is_multiple_of(AVX512.rows)
+    );
 
-    /// One 6x16 block: `valid_rows` rows of `y` (row stride `tile.stride`) get the sums of
-    /// `depth` steps of a row group against a panel, started as `tile.start` says.
-    ///
+    /// AVX-512's groups of 24 rows on AVX2 vectors, so that machines without AVX-512 test
+    /// the row grouping `AVX512` runs.
+    #[cfg(test)]
+    pub(super) const AVX2_TALL: TileShape = TileShape {
+        name: "avx2 in groups of 24 rows",
+        rows: super::MAX_GROUP,
+        block: block_avx2_tall,
+    };
+
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `a` has `depth x 6` floats, `b` `depth x 16`; `y`
-    /// and the residual, if any, have `valid_rows` rows of `tile.columns` floats at
-    /// `tile.stride`, the bias `tile.columns` floats.
+    /// The CPU must have AVX2 and FMA; the rest as [`block`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel(
+    unsafe fn block_avx2(
         depth: usize,
         a: *const f32,
         b: *const f32,
@@ -589,15 +665,157 @@ mod avx2 {
         tile: &Tile,
         first_row: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        block::<Avx2, 6, 2>(depth, a, b, y, valid_rows, tile, first_row)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; the rest as [`block`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_avx512(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        y: *mut f32,
+        valid_rows: usize,
+        tile: &Tile,
+        first_row: usize,
+    ) {
+        // SAFETY: the caller\'s promises are block\'s.
+        unsafe {
+            block::<Avx512, { super::MAX_GROUP }, 1>(depth, a, b, y, valid_rows, tile, first_row)
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the rest as [`block`].
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_avx2_tall(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        y: *mut f32,
+        valid_rows: usize,
+        tile: &Tile,
+        first_row: usize,
+    ) {
+        // SAFETY: the caller\'s promises are block\'s.
+        unsafe {
+            block::<Avx2, { super::MAX_GROUP }, 2>(depth, a, b, y, valid_rows, tile, first_row)
+        }
+    }
+
+    /// The vector operations the block needs, for one instruction set. Each is inlined into
+    /// a function compiled for that set (`block_avx2`, `block_avx512`).
+    trait Lanes {
+        type V: Copy;
+        const LANES: usize;
+        unsafe fn zero() -> Self::V;
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        unsafe fn broadcast(p: *const f32) -> Self::V;
+        /// `a * b + c`.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    }
+
+    struct Avx2;
+
+    // Every method: the caller runs on AVX2 and FMA, on pointers the block's caller vouches
+    // for.
+    impl Lanes for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn broadcast(p: *const f32) -> __m256 {
+            _mm256_broadcast_ss(&*p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+    }
+
+    struct Avx512;
+
+    // Every method: the caller runs on AVX-512F, on pointers the block's caller vouches for.
+    impl Lanes for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn broadcast(p: *const f32) -> __m512 {
+            _mm512_set1_ps(*p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+    }
+
+    /// One block of `ROWS` x 16 sums (`VECTORS` vectors of `S::LANES` per row): `valid_rows`
+    /// rows of `y` (row stride `tile.stride`) get the sums of `depth` steps of a row group
+    /// against a panel, started as `tile.start` says.
+    ///
+    /// # Safety
+    /// The CPU must run `S`'s instructions, and this must be inlined into a function
+    /// compiled for them; `VECTORS * S::LANES` is 16; `a` has `depth x ROWS` floats, `b`
+    /// `depth x 16`; `y` and the residual, if any, have `valid_rows` rows of
+    /// `tile.columns` floats at `tile.stride`, the bias `tile.columns` floats.
+    #[inline(always)]
+    unsafe fn block<S: Lanes, const ROWS: usize, const VECTORS: usize>(
+        depth: usize,
+        a: *const f32,
+        b: *const f32,
+        y: *mut f32,
+        valid_rows: usize,
+        tile: &Tile,
+        first_row: usize,
+    ) {
+        debug_assert_eq!(VECTORS * S::LANES, PANEL);
+        let mut acc = [[S::zero(); VECTORS]; ROWS];
         let (mut a, mut b) = (a, b);
         for _ in 0..depth {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
+            let mut panel = [S::zero(); VECTORS];
+            for (v, lanes) in panel.iter_mut().enumerate() {
+                *lanes = S::load(b.add(v * S::LANES));
+            }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let broadcast = _mm256_broadcast_ss(&*a.add(r));
-                acc[0] = _mm256_fmadd_ps(broadcast, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(broadcast, b1, acc[1]);
+                let broadcast = S::broadcast(a.add(r));
+                for (sum, lanes) in acc.iter_mut().zip(&panel) {
+                    *sum = S::fmadd(broadcast, *lanes, *sum);
+                }
             }
             a = a.add(ROWS);
             b = b.add(PANEL);
@@ -606,68 +824,97 @@ mod avx2 {
         let rows = acc.iter().enumerate().take(valid_rows);
         match tile.start {
             OutputStart::Bias(bias, residual) => {
-                let (b0, b1) = load(bias.as_ptr(), columns);
+                let bias = load::<S, VECTORS>(bias.as_ptr(), columns);
                 for (r, acc) in rows {
-                    let (s0, s1) = match residual {
+                    let start = match residual {
                         Some(residual) => {
                             let row = residual.as_ptr().add((first_row + r) * tile.stride);
-                            let (r0, r1) = load(row, columns);
-                            (_mm256_add_ps(r0, b0), _mm256_add_ps(r1, b1))
+                            add::<S, VECTORS>(load::<S, VECTORS>(row, columns), bias)
                         }
-                        None => (b0, b1),
+                        None => bias,
                     };
-                    let sums = (_mm256_add_ps(acc[0], s0), _mm256_add_ps(acc[1], s1));
-                    store(y.add(r * tile.stride), columns, sums);
+                    store::<S, VECTORS>(
+                        y.add(r * tile.stride),
+                        columns,
+                        add::<S, VECTORS>(*acc, start),
+                    );
                 }
             }
             OutputStart::Zero => {
                 for (r, acc) in rows {
-                    store(y.add(r * tile.stride), columns, (acc[0], acc[1]));
+                    store::<S, VECTORS>(y.add(r * tile.stride), columns, *acc);
                 }
             }
             OutputStart::Output => {
                 for (r, acc) in rows {
                     let y_row = y.add(r * tile.stride);
-                    let (y0, y1) = load(y_row, columns);
-                    let sums = (_mm256_add_ps(acc[0], y0), _mm256_add_ps(acc[1], y1));
-                    store(y_row, columns, sums);
+                    let held = load::<S, VECTORS>(y_row, columns);
+                    store::<S, VECTORS>(y_row, columns, add::<S, VECTORS>(*acc, held));
                 }
             }
         }
     }
 
+    /// `a + b`, vector by vector.
+    ///
+    /// # Safety
+    /// As the block's.
+    #[inline(always)]
+    unsafe fn add<S: Lanes, const VECTORS: usize>(
+        mut a: [S::V; VECTORS],
+        b: [S::V; VECTORS],
+    ) -> [S::V; VECTORS] {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a = S::add(*a, b);
+        }
+        a
+    }
+
     /// 16 floats from `p`, of which the first `columns` are read (the rest are zero).
     ///
     /// # Safety
-    /// The CPU must have AVX2; `p` has `columns` (at most 16) floats to read.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(p: *const f32, columns: usize) -> (__m256, __m256) {
-        if columns == PANEL {
-            return (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-        }
+    /// As the block's; `p` has `columns` (at most 16) floats to read.
+    #[inline(always)]
+    unsafe fn load<S: Lanes, const VECTORS: usize>(
+        p: *const f32,
+        columns: usize,
+    ) -> [S::V; VECTORS] {
         let mut held = [0.0f32; PANEL];
-        std::ptr::copy_nonoverlapping(p, held.as_mut_ptr(), columns);
-        (
-            _mm256_loadu_ps(held.as_ptr()),
-            _mm256_loadu_ps(held.as_ptr().add(8)),
-        )
+        let p = if columns == PANEL {
+            p
+        } else {
+            std::ptr::copy_nonoverlapping(p, held.as_mut_ptr(), columns);
+            held.as_ptr()
+        };
+        let mut vectors = [S::zero(); VECTORS];
+        for (v, lanes) in vectors.iter_mut().enumerate() {
+            *lanes = S::load(p.add(v * S::LANES));
+        }
+        vectors
     }
 
     /// The first `columns` of 16 floats to `p`.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `p` has room for `columns` (at most 16) floats.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn store(p: *mut f32, columns: usize, (v0, v1): (__m256, __m256)) {
-        if columns == PANEL {
-            _mm256_storeu_ps(p, v0);
-            _mm256_storeu_ps(p.add(8), v1);
-            return;
-        }
+    /// As the block's; `p` has room for `columns` (at most 16) floats.
+    #[inline(always)]
+    unsafe fn store<S: Lanes, const VECTORS: usize>(
+        p: *mut f32,
+        columns: usize,
+        vectors: [S::V; VECTORS],
+    ) {
         let mut held = [0.0f32; PANEL];
-        _mm256_storeu_ps(held.as_mut_ptr(), v0);
-        _mm256_storeu_ps(held.as_mut_ptr().add(8), v1);
-        std::ptr::copy_nonoverlapping(held.as_ptr(), p, columns);
+        let target = if columns == PANEL {
+            p
+        } else {
+            held.as_mut_ptr()
+        };
+        for (v, lanes) in vectors.into_iter().enumerate() {
+            S::store(target.add(v * S::LANES), lanes);
+        }
+        if columns < PANEL {
+            std::ptr::copy_nonoverlapping(held.as_ptr(), p, columns);
+        }
     }
 }
 
@@ -684,20 +931,33 @@ mod tests {
             request("GEMM").unwrap(),
             KernelRequest::Kernel(MatmulKernel::Gemm)
         );
-        let unknown = request("avx512").unwrap_err().to_string();
+        let unknown = request("neon").unwrap_err().to_string();
         assert!(
-            unknown.contains("`avx512`: expected auto, avx2 or gemm"),
+            unknown.contains("`neon`: expected auto, avx2, avx512 or gemm"),
             "{unknown}"
         );
         assert_eq!(
             resolve(Some(KernelRequest::Auto)).unwrap(),
             MatmulKernel::auto()
         );
-        let avx2 = resolve(Some(KernelRequest::Kernel(MatmulKernel::Avx2)));
-        match MatmulKernel::Avx2.runs_here() {
-            true => assert_eq!(avx2.unwrap(), MatmulKernel::Avx2),
-            false => assert!(avx2.unwrap_err().to_string().contains("lacks")),
+        for (text, kernel, needs) in [
+            ("avx2", MatmulKernel::Avx2, "needs AVX2 and FMA"),
+            ("AVX512", MatmulKernel::Avx512, "needs AVX-512F"),
+        ] {
+            let asked = resolve(Some(request(text).unwrap()));
+            match kernel.runs_here() {
+                true => assert_eq!(asked.unwrap(), kernel),
+                false => {
+                    let message = asked.unwrap_err().to_string();
+                    assert!(
+                        message.contains(needs) && message.contains("lacks"),
+                        "{message}"
+                    );
+                }
+            }
         }
+        // Never AVX-512 until it is measured faster there.
+        assert_ne!(MatmulKernel::auto(), MatmulKernel::Avx512);
         assert_eq!(
             MatmulKernel::auto() == MatmulKernel::Avx2,
             MatmulKernel::Avx2.runs_here()
@@ -708,26 +968,38 @@ mod tests {
         (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
     }
 
-    /// Every edge: no rows, no depth (the start alone), rows not a multiple of 6, columns
-    /// not a multiple of 16, depths over several passes, row counts over several passes,
-    /// both sides of the threading threshold; every start (bias, bias and residual, zero,
-    /// the output's values); weights packed from either orientation; each kernel this
-    /// CPU runs, whichever the process chose. Compared with a double-precision sum.
+    /// Our kernel's shapes and the `gemm` crate (`None`), each where this CPU runs it:
+    /// AVX-512's where the CPU has AVX-512F, and its groups of 24 rows on AVX2 everywhere
+    /// AVX2 runs, so that the generic block and the row grouping are tested on every
+    /// machine with AVX2.
+    fn shapes_this_cpu_runs() -> Vec<(&'static str, Option<TileShape>)> {
+        let mut shapes = vec![("gemm", None)];
+        for kernel in [MatmulKernel::Avx2, MatmulKernel::Avx512] {
+            match kernel.runs_here() {
+                true => shapes.push((kernel.name(), kernel.shape())),
+                false => eprintln!(
+                    "the {} kernel is not tested: this CPU lacks {}",
+                    kernel.name(),
+                    kernel.needs()
+                ),
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if MatmulKernel::Avx2.runs_here() {
+            shapes.push((simd::AVX2_TALL.name, Some(simd::AVX2_TALL)));
+        }
+        shapes
+    }
+
+    /// Every edge: no rows, no depth (the start alone), rows not a multiple of the group,
+    /// columns not a multiple of 16, depths over several passes, row counts over several
+    /// passes, both sides of the threading threshold; every start (bias, bias and
+    /// residual, zero, the output's values); weights packed from either orientation; each
+    /// kernel this CPU runs, whichever the process chose. Compared with a double-precision
+    /// sum.
     #[test]
     fn every_kernel_matches_a_double_precision_product() {
-        let kernels: Vec<MatmulKernel> = [MatmulKernel::Avx2, MatmulKernel::Gemm]
-            .into_iter()
-            .filter(|kernel| {
-                let runs = kernel.runs_here();
-                if !runs {
-                    eprintln!(
-                        "the {} kernel is not tested: this CPU cannot run it",
-                        kernel.name()
-                    );
-                }
-                runs
-            })
-            .collect();
+        let shapes = shapes_this_cpu_runs();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for &(m, n, k) in &[
             (0, 5, 7),
@@ -737,6 +1009,7 @@ mod tests {
             (6, 16, 16),
             (7, 17, 33),
             (13, 15, 300),
+            (25, 33, 40),
             (50, 512, 768),
             (197, 70, 600),
             (400, 40, 3072),
@@ -747,21 +1020,21 @@ mod tests {
                 random(n, &mut rng),
             );
             let (residual, held) = (random(m * n, &mut rng), random(m * n, &mut rng));
-            if MatmulKernel::Avx2.runs_here() {
+            for &(_, shape) in &shapes {
+                let Some(shape) = shape else { continue };
                 let transposed: Vec<f32> = (0..k)
                     .flat_map(|kk| (0..n).map(|j| w[j * k + kk]).collect::<Vec<_>>())
                     .collect();
-                let mut from_transpose = PackedWeight::zeroed_panels(n, k);
+                let mut from_transpose = PackedWeight::zeroed_panels(n, k, shape);
                 from_transpose.pack_transposed(&transposed);
-                let packed = PackedWeight::for_kernel(&w, n, k, MatmulKernel::Avx2);
+                let packed = PackedWeight::for_shape(&w, n, k, Some(shape));
                 assert_eq!(from_transpose.data, packed.data, "{m}x{n}x{k}");
             }
             // (what, result, the start's value at (i, j))
             let mut results: Vec<(String, Vec<f32>, Box<dyn Fn(usize, usize) -> f64>)> = vec![];
-            for &kernel in &kernels {
-                let path = kernel.name();
-                let weight = &PackedWeight::for_kernel(&w, n, k, kernel);
-                let rows = &PackedRows::for_kernel(&x, m, k, kernel);
+            for &(path, shape) in &shapes {
+                let weight = &PackedWeight::for_shape(&w, n, k, shape);
+                let rows = &PackedRows::for_shape(&x, m, k, shape);
                 let (bias, residual, held) = (bias.clone(), residual.clone(), held.clone());
                 results.push((
                     format!("{path} linear"),
