@@ -170,36 +170,38 @@ fn a_file_that_is_not_a_clip_checkpoint_says_so() {
     assert!(err.contains("not a CLIP checkpoint"), "{err}");
 }
 
-#[test]
-fn bench_encode_reports_its_settings_a_reference_check_and_a_measurement() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+/// `gfer bench encode` on the tiny CLIP, one batch of 2 on one thread, printing JSON lines;
+/// the caller adds its own arguments.
+fn bench_encode_tiny(extra: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"));
+    command
         .args(["bench", "encode", "--weights"])
         .arg(common::fixture("clip/tiny_openai.safetensors"))
-        .arg("--reference")
-        .arg(common::fixture("clip/tiny_io.safetensors"))
-        .args([
-            "--batch",
-            "2",
-            "--threads",
-            "1",
-            "--seconds",
-            "0",
-            "--min-batches",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
+        .args(["--batch", "2", "--threads", "1", "--seconds", "0"])
+        .args(["--min-batches", "1", "--json"])
+        .args(extra);
+    command
+}
+
+/// The JSON lines a successful command printed.
+fn json_lines(output: &std::process::Output) -> Vec<serde_json::Value> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn bench_encode_reports_its_settings_a_reference_check_and_a_measurement() {
+    let reference = common::fixture("clip/tiny_io.safetensors");
+    let reference = reference.to_str().unwrap();
+    let lines = json_lines(
+        &bench_encode_tiny(&["--reference", reference])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["settings"]["batch"], serde_json::json!([2]));
     assert!(
@@ -270,36 +272,10 @@ fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
 /// largest relative difference (none, here, where both are the CPU).
 #[test]
 fn bench_encode_compares_the_device_with_the_cpu() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
-        .args([
-            "bench",
-            "encode",
-            "--device",
-            "cpu",
-            "--compare-cpu",
-            "--weights",
-        ])
-        .arg(common::fixture("clip/tiny_openai.safetensors"))
-        .args([
-            "--batch",
-            "2",
-            "--threads",
-            "1",
-            "--seconds",
-            "0",
-            "--min-batches",
-            "1",
-        ])
-        .arg("--json")
+    let output = bench_encode_tiny(&["--device", "cpu", "--compare-cpu"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let lines = json_lines(&output);
     assert_eq!(lines[0]["settings"]["device"], "cpu");
     let compared = lines
         .iter()
@@ -308,4 +284,36 @@ fn bench_encode_compares_the_device_with_the_cpu() {
     assert_eq!(compared["device"], "cpu");
     assert_eq!(compared["batch"], 2);
     assert_eq!(compared["max_relative_difference_from_cpu"], 0.0);
+}
+
+/// `GFER_MATMUL` chooses the matrix kernel of the whole process, which the benchmark
+/// prints; a value that names no kernel, or one this CPU cannot run, stops the command
+/// with what was wrong.
+#[test]
+fn the_kernel_variable_is_obeyed_and_a_bad_value_is_refused() {
+    let run = |value: &str| {
+        bench_encode_tiny(&[])
+            .env("GFER_MATMUL", value)
+            .output()
+            .unwrap()
+    };
+    let lines = json_lines(&run("gemm"));
+    assert_eq!(lines[0]["settings"]["kernel"], "gemm");
+    let refused = |value: &str, expected: &str| {
+        let output = run(value);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value} was accepted");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    refused(
+        "bogus",
+        "GFER_MATMUL: unknown matrix kernel `bogus`: expected auto, avx2, avx512 or gemm",
+    );
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        refused(
+            "avx512",
+            "GFER_MATMUL=avx512: the avx512 matrix kernel needs AVX-512F, which this CPU lacks",
+        );
+    }
 }

@@ -148,27 +148,27 @@ pub fn matmul_kernel() -> MatmulKernel {
 
 /// The kernel `request` (or `GFER_MATMUL`, or `auto`) names, if this CPU runs it.
 fn resolve(request: Option<KernelRequest>) -> Result<MatmulKernel> {
-    let request = match request {
-        Some(request) => request,
+    let (request, asked_by) = match request {
+        Some(request) => (request, String::new()),
         None => match std::env::var(KERNEL_VARIABLE) {
-            Ok(text) => text
-                .parse()
-                .map_err(|e| Error::config(format!("{KERNEL_VARIABLE}: {e}")))?,
-            Err(_) => KernelRequest::Auto,
+            Ok(text) => {
+                let request = text
+                    .parse()
+                    .map_err(|e| Error::config(format!("{KERNEL_VARIABLE}: {e}")))?;
+                (request, format!("{KERNEL_VARIABLE}={text}: "))
+            }
+            Err(_) => (KernelRequest::Auto, String::new()),
         },
     };
-    let kernel = match request {
-        KernelRequest::Auto => MatmulKernel::auto(),
-        KernelRequest::Kernel(kernel) if kernel.runs_here() => kernel,
-        KernelRequest::Kernel(kernel) => {
-            return Err(Error::config(format!(
-                "the {} matrix kernel needs {}, which this CPU lacks; use gemm or auto",
-                kernel.name(),
-                kernel.needs()
-            )))
-        }
-    };
-    Ok(kernel)
+    match request {
+        KernelRequest::Auto => Ok(MatmulKernel::auto()),
+        KernelRequest::Kernel(kernel) if kernel.runs_here() => Ok(kernel),
+        KernelRequest::Kernel(kernel) => Err(Error::config(format!(
+            "{asked_by}the {} matrix kernel needs {}, which this CPU lacks; use gemm or auto",
+            kernel.name(),
+            kernel.needs()
+        ))),
+    }
 }
 
 /// Output columns per weight panel: two AVX2 vectors, one AVX-512 vector.
