@@ -27,6 +27,43 @@ enum Weights {
     },
 }
 
+/// The arithmetic of a frozen encoder's linear layers (`--precision`). Layer norm, softmax,
+/// attention and the residual stream stay f32 in every precision.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and products.
+    #[default]
+    F32,
+    /// Weights and inputs rounded to bfloat16, products summed in f32.
+    Bf16,
+    /// Weights quantized to int8 per output channel once at load, inputs per row as each
+    /// product runs, integer products rescaled to f32.
+    Int8,
+}
+
+impl Precision {
+    /// The name on the command line and in feature files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 /// What is applied to the layer's output, in place.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Activation {
@@ -36,12 +73,19 @@ enum Activation {
 }
 
 impl FrozenLinear {
-    pub fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+    /// The layer in `precision`; a precision other than f32 needs the weight in CPU memory.
+    pub fn new(weight: Tensor, bias: Tensor, precision: Precision) -> Result<Self> {
         let (out, depth) = weight.dims2()?;
         if bias.dims() != [out] {
             return Err(Error::config(format!(
                 "linear layer: bias shape {:?} does not match weight shape [{out}, {depth}]",
                 bias.dims()
+            )));
+        }
+        if precision != Precision::F32 {
+            return Err(Error::config(format!(
+                "linear layer: precision {} is not built yet",
+                precision.name()
             )));
         }
         let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
@@ -190,7 +234,7 @@ mod tests {
             random(&[out], 3),
         );
         let residual = random(&[rows, out], 4);
-        let layer = FrozenLinear::new(w.clone(), b.clone()).unwrap();
+        let layer = FrozenLinear::new(w.clone(), b.clone(), Precision::F32).unwrap();
         let cases = [
             (
                 "linear",
@@ -221,7 +265,7 @@ mod tests {
 
     #[test]
     fn wrong_input_shapes_are_errors_that_give_both_shapes() {
-        let layer = FrozenLinear::new(random(&[4, 8], 1), random(&[4], 2)).unwrap();
+        let layer = FrozenLinear::new(random(&[4, 8], 1), random(&[4], 2), Precision::F32).unwrap();
         let err = layer.forward(&random(&[3, 7], 3)).unwrap_err().to_string();
         assert!(err.contains("[3, 7]") && err.contains("[N, 8]"), "{err}");
         let residual = random(&[3, 5], 4);
@@ -237,7 +281,10 @@ mod tests {
         let x = random(&[5, 8], 6).to_dtype(DType::F64).unwrap();
         let w = random(&[4, 8], 7).to_dtype(DType::F64).unwrap();
         let b = random(&[4], 8).to_dtype(DType::F64).unwrap();
-        let y = FrozenLinear::new(w, b).unwrap().forward(&x).unwrap();
+        let y = FrozenLinear::new(w, b, Precision::F32)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
         assert_eq!(y.dtype(), DType::F64);
         assert_eq!(y.dims(), &[5, 4]);
     }

@@ -50,7 +50,7 @@ pub use attention::attention;
 pub use batch_norm::batch_norm_train;
 pub use conv::conv2d;
 pub use layer_norm::LayerNorm;
-pub use linear::FrozenLinear;
+pub use linear::{FrozenLinear, Precision};
 pub use matmul::{
     choose_matmul_kernel, matmul_kernel, KernelRequest, MatmulKernel, KERNEL_VARIABLE,
 };

@@ -9,7 +9,7 @@ mod checkpoint;
 
 use super::{Backbone, Encoder};
 use crate::error::{Error, Result};
-use crate::kernels::{attention, FrozenLinear, LayerNorm};
+use crate::kernels::{attention, FrozenLinear, LayerNorm, Precision};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use std::collections::HashMap;
 
@@ -233,7 +233,7 @@ impl CanonicalTensors {
     }
 
     fn dense(&mut self, weight: &str, bias: &str) -> Result<FrozenLinear> {
-        FrozenLinear::new(self.take(weight)?, self.take(bias)?)
+        FrozenLinear::new(self.take(weight)?, self.take(bias)?, Precision::F32)
     }
 }
 
@@ -262,6 +262,7 @@ impl ClipVisionEncoder {
                 patch_weight.reshape((config.width, patch_dim))?,
                 // CLIP's patch convolution has no bias.
                 Tensor::zeros(config.width, patch_weight.dtype(), patch_weight.device())?,
+                Precision::F32,
             )?,
             class_embedding: t.take("class_embedding")?,
             positional_embedding: t.take("positional_embedding")?,

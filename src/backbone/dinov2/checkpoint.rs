@@ -14,7 +14,7 @@ use super::{
 };
 use crate::backbone::fingerprint_tensors;
 use crate::error::{Error, Result};
-use crate::kernels::{FrozenLinear, LayerNorm};
+use crate::kernels::{FrozenLinear, LayerNorm, Precision};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -193,10 +193,11 @@ impl LinearTensors {
     fn build(&self, scale: Option<&Tensor>) -> Result<FrozenLinear> {
         let weight = self.weight_t.t()?.contiguous()?;
         match scale {
-            None => FrozenLinear::new(weight, self.bias.clone()),
+            None => FrozenLinear::new(weight, self.bias.clone(), Precision::F32),
             Some(scale) => FrozenLinear::new(
                 weight.broadcast_mul(&scale.unsqueeze(1)?)?,
                 (&self.bias * scale)?,
+                Precision::F32,
             ),
         }
     }
