@@ -1,0 +1,604 @@
+//! The int8 product of the frozen encoders' linear layers at `--precision int8`:
+//! `x · wᵀ + bias (+ residual)` with `w` quantized once, when the layer is built, and `x`
+//! per row as each product runs; the integer sums are rescaled to f32 as they are stored.
+//!
+//! - **Weights**: symmetric per output channel, `w ≈ scale[c] · q` with `|q| ≤ 63`. Seven
+//!   bits, not eight, because AVX2's `vpmaddubsw` adds two u8·i8 products into a
+//!   saturating i16: 2 · 255 · 63 fits, 2 · 255 · 127 does not (ONNX Runtime's
+//!   `reduce_range` and oneDNN drop the same bit on CPUs without VNNI).
+//! - **Inputs**: asymmetric per row, `x ≈ scale[r] · (q - zero[r])` with `q` in 0..=255,
+//!   0.0 exactly representable. `Σ (q - zero) w = Σ q w - zero · Σ w`, so the kernel sums
+//!   `q · w` alone and the stored value subtracts `zero[r] · colsum[c]`.
+//! - **Layout**: weight panels of 16 output columns `[depth/4][16][4]` (zero padded), input
+//!   groups of 6 rows `[depth/4][6][4]`: one 32-bit broadcast of a row's 4 values meets
+//!   two 32-byte loads of the panel, and `vpmaddubsw` then `vpmaddwd` by ones give each
+//!   column's sum of 4 products in an i32 lane. 12 accumulators of 6 rows x 16 columns.
+//!   Sums stay exact in i32: `depth · 255 · 63` is far below 2³¹ for any encoder.
+//! - **Kernels**: AVX2, or the same integer sums in portable code on CPUs without it
+//!   ([`Int8Kernel`]); both store through one [`store`], so they give the same bits.
+
+use super::simd::multiversion;
+use super::threading::{PACKED_PRODUCT_MIN_PARALLEL_WORK, PACKING_MIN_PARALLEL_LEN};
+use rayon::prelude::*;
+
+/// Output columns per weight panel.
+const PANEL: usize = 16;
+/// Rows of `x` per group.
+const GROUP: usize = 6;
+/// Values summed per 32-bit lane.
+const QUAD: usize = 4;
+/// The largest quantized weight: seven bits (see the module documentation).
+const WEIGHT_MAX: f32 = 63.0;
+/// Rows per pass: a pass's row groups (`ROWS_PER_PASS x depth` bytes, 288 KiB at depth
+/// 3072) stay in the L2 cache while a thread walks its panels.
+const ROWS_PER_PASS: usize = 96;
+const _: () = assert!(ROWS_PER_PASS.is_multiple_of(GROUP));
+
+/// The code that computes the integer sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Kernel {
+    /// `vpmaddubsw`, `vpmaddwd` and `vpaddd` on 256-bit vectors.
+    Avx2,
+    /// Plain Rust, for CPUs without AVX2.
+    Portable,
+}
+
+impl Int8Kernel {
+    /// The fastest this CPU runs.
+    pub(crate) fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Int8Kernel::Avx2;
+        }
+        Int8Kernel::Portable
+    }
+}
+
+/// A weight `[out, in]` quantized per output channel, in the kernel's panels.
+pub(crate) struct Int8Weight {
+    out: usize,
+    depth: usize,
+    /// `[out/16][depth/4][16][4]`, zero padded.
+    panels: Vec<i8>,
+    /// `[out/16 · 16]`: `w[c, k] ≈ scales[c] · q[c, k]` (zero in the padding).
+    scales: Vec<f32>,
+    /// `[out/16 · 16]`: `Σ_k q[c, k]`.
+    sums: Vec<i32>,
+    kernel: Int8Kernel,
+}
+
+impl Int8Weight {
+    /// `weight` is `[out, in]`, row-major, for the fastest kernel this CPU runs.
+    pub(crate) fn new(weight: &[f32], out: usize, depth: usize) -> Self {
+        Self::for_kernel(weight, out, depth, Int8Kernel::best())
+    }
+
+    pub(crate) fn for_kernel(weight: &[f32], out: usize, depth: usize, kernel: Int8Kernel) -> Self {
+        assert_eq!(weight.len(), out * depth, "weight is not [{out}, {depth}]");
+        let quads = depth.div_ceil(QUAD);
+        let padded_out = out.div_ceil(PANEL) * PANEL;
+        let mut scales = vec![0.0; padded_out];
+        let mut sums = vec![0; padded_out];
+        let mut quantized = vec![0i8; padded_out * depth];
+        let channels = quantized
+            .chunks_mut(depth.max(1))
+            .zip(&mut scales)
+            .zip(&mut sums);
+        for (c, ((q, scale), sum)) in channels.take(out).enumerate() {
+            let row = &weight[c * depth..(c + 1) * depth];
+            let largest = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            *scale = largest / WEIGHT_MAX;
+            let inverse = if largest > 0.0 {
+                WEIGHT_MAX / largest
+            } else {
+                0.0
+            };
+            for (q, &v) in q.iter_mut().zip(row) {
+                *q = (v * inverse)
+                    .round_ties_even()
+                    .clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
+            }
+            *sum = q.iter().map(|&q| q as i32).sum();
+        }
+        let mut panels = vec![0i8; padded_out * quads * QUAD];
+        if !panels.is_empty() {
+            let fill = |(p, panel): (usize, &mut [i8])| {
+                for (column, channel) in quantized[p * PANEL * depth..]
+                    .chunks(depth)
+                    .take(PANEL)
+                    .enumerate()
+                {
+                    for (k, &q) in channel.iter().enumerate() {
+                        panel[(k / QUAD * PANEL + column) * QUAD + k % QUAD] = q;
+                    }
+                }
+            };
+            let panel_len = quads * PANEL * QUAD;
+            if panels.len() < PACKING_MIN_PARALLEL_LEN {
+                panels.chunks_mut(panel_len).enumerate().for_each(fill);
+            } else {
+                panels.par_chunks_mut(panel_len).enumerate().for_each(fill);
+            }
+        }
+        Self {
+            out,
+            depth,
+            panels,
+            scales,
+            sums,
+            kernel,
+        }
+    }
+
+    pub(crate) fn out(&self) -> usize {
+        self.out
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The weight as the products see it, `[out, in]`: what the tests compare against.
+    #[cfg(test)]
+    fn dequantized(&self) -> Vec<f32> {
+        let quads = self.depth.div_ceil(QUAD);
+        let mut w = vec![0.0; self.out * self.depth];
+        for (c, row) in w.chunks_mut(self.depth.max(1)).enumerate().take(self.out) {
+            let panel = &self.panels[c / PANEL * quads * PANEL * QUAD..];
+            for (k, v) in row.iter_mut().enumerate() {
+                let q = panel[(k / QUAD * PANEL + c % PANEL) * QUAD + k % QUAD];
+                *v = self.scales[c] * q as f32;
+            }
+        }
+        w
+    }
+}
+
+/// `x [rows, in]` quantized per row, in groups of [`GROUP`] rows `[in/4][6][4]`.
+struct Int8Rows {
+    groups: Vec<u8>,
+    /// `x[r, k] ≈ scales[r] · (q[r, k] - zeros[r])`, padded to whole groups.
+    scales: Vec<f32>,
+    zeros: Vec<i32>,
+}
+
+impl Int8Rows {
+    fn new(x: &[f32], rows: usize, depth: usize) -> Self {
+        let quads = depth.div_ceil(QUAD);
+        let group_len = quads * GROUP * QUAD;
+        let padded_rows = rows.div_ceil(GROUP) * GROUP;
+        let mut groups = vec![0u8; padded_rows / GROUP * group_len];
+        let mut scales = vec![0.0; padded_rows];
+        let mut zeros = vec![0; padded_rows];
+        let pack =
+            |((g, group), (scales, zeros)): ((usize, &mut [u8]), (&mut [f32], &mut [i32]))| {
+                let mut row = vec![0u8; depth];
+                for r in 0..GROUP.min(rows - g * GROUP) {
+                    let values = &x[(g * GROUP + r) * depth..][..depth];
+                    (scales[r], zeros[r]) = quantize_row(values, &mut row);
+                    for (k, &q) in row.iter().enumerate() {
+                        group[(k / QUAD * GROUP + r) * QUAD + k % QUAD] = q;
+                    }
+                }
+            };
+        if group_len > 0 {
+            let parameters = scales.chunks_mut(GROUP).zip(zeros.chunks_mut(GROUP));
+            if rows * depth < PACKING_MIN_PARALLEL_LEN {
+                groups
+                    .chunks_mut(group_len)
+                    .enumerate()
+                    .zip(parameters)
+                    .for_each(pack);
+            } else {
+                let parameters = scales
+                    .par_chunks_mut(GROUP)
+                    .zip(zeros.par_chunks_mut(GROUP));
+                groups
+                    .par_chunks_mut(group_len)
+                    .enumerate()
+                    .zip(parameters)
+                    .for_each(pack);
+            }
+        }
+        Self {
+            groups,
+            scales,
+            zeros,
+        }
+    }
+}
+
+/// Quantizes one row into `q`: its scale and zero point. The range always holds 0.0, so
+/// that zero (and the padding) is exact. A row with a NaN or infinity gets a NaN scale, so
+/// that its outputs are NaN as f32's would be.
+fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+    let (low, high) = x
+        .iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let scale = (high - low) / 255.0;
+    if !x.iter().all(|v| v.is_finite()) {
+        q.fill(0);
+        return (f32::NAN, 0);
+    }
+    if scale == 0.0 {
+        q.fill(0);
+        return (0.0, 0);
+    }
+    let zero = (-low / scale).round_ties_even().clamp(0.0, 255.0);
+    quantize_into(x, q, 1.0 / scale, zero);
+    (scale, zero as i32)
+}
+
+multiversion! {
+    /// `q = clamp(round(x · inverse) + zero, 0, 255)`.
+    fn quantize_into(x: &[f32], q: &mut [u8], inverse: f32, zero: f32) {
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = ((v * inverse).round_ties_even() + zero).clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// `x[rows, in] · weightᵀ + bias (+ residual[rows, out])` -> `[rows, out]`, all row-major.
+pub(crate) fn linear(
+    x: &[f32],
+    rows: usize,
+    weight: &Int8Weight,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let (out, depth) = (weight.out, weight.depth);
+    assert_eq!(x.len(), rows * depth, "x is not [{rows}, {depth}]");
+    assert_eq!(bias.len(), out, "the bias is not [{out}]");
+    assert!(
+        residual.is_none_or(|r| r.len() == rows * out),
+        "the residual is not [{rows}, {out}]"
+    );
+    let x = Int8Rows::new(x, rows, depth);
+    let mut y = vec![0.0; rows * out];
+    let panels = out.div_ceil(PANEL);
+    let tasks = if rows * out * depth < PACKED_PRODUCT_MIN_PARALLEL_WORK {
+        1
+    } else {
+        rayon::current_num_threads().clamp(1, panels.max(1))
+    };
+    let per_task = panels.div_ceil(tasks.max(1)).max(1);
+    let output = Output(y.as_mut_ptr());
+    let run = |task: usize| {
+        let output = &output;
+        let task_panels = task * per_task..((task + 1) * per_task).min(panels);
+        for r0 in (0..rows).step_by(ROWS_PER_PASS) {
+            let pass_rows = r0..(r0 + ROWS_PER_PASS).min(rows);
+            for panel in task_panels.clone() {
+                for first_row in pass_rows.clone().step_by(GROUP) {
+                    let block = Block {
+                        first_row,
+                        rows: GROUP.min(rows - first_row),
+                        first_column: panel * PANEL,
+                        columns: PANEL.min(out - panel * PANEL),
+                        stride: out,
+                    };
+                    let sums = weight.kernel.sums(&x, weight, first_row / GROUP, panel);
+                    // SAFETY: this task alone writes the columns of its panels, and the
+                    // block lies inside y (`rows x out`).
+                    unsafe { store(&sums, &block, &x, weight, bias, residual, output.0) };
+                }
+            }
+        }
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+    y
+}
+
+/// The output, shared by the threads of [`linear`]; each writes only its panels' columns.
+struct Output(*mut f32);
+// SAFETY: the threads of `linear` write disjoint column ranges through it.
+unsafe impl Sync for Output {}
+
+/// Where one block of sums goes.
+struct Block {
+    first_row: usize,
+    rows: usize,
+    first_column: usize,
+    columns: usize,
+    /// Row stride of the output and the residual.
+    stride: usize,
+}
+
+type Sums = [[i32; PANEL]; GROUP];
+
+impl Int8Kernel {
+    /// The integer sums of row group `group` against panel `panel`.
+    fn sums(self, x: &Int8Rows, weight: &Int8Weight, group: usize, panel: usize) -> Sums {
+        let quads = weight.depth.div_ceil(QUAD);
+        let a = &x.groups[group * quads * GROUP * QUAD..][..quads * GROUP * QUAD];
+        let b = &weight.panels[panel * quads * PANEL * QUAD..][..quads * PANEL * QUAD];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx2 is only chosen (`best`) or tested where the CPU has AVX2; a and b
+            // hold `quads` steps each.
+            Int8Kernel::Avx2 => unsafe { avx2::sums(quads, a.as_ptr(), b.as_ptr()) },
+            _ => portable_sums(a, b),
+        }
+    }
+}
+
+/// The integer sums in plain Rust: `sums[r][c] = Σ_k a[r, k] · b[c, k]`.
+fn portable_sums(a: &[u8], b: &[i8]) -> Sums {
+    let mut sums = [[0; PANEL]; GROUP];
+    for (a, b) in a
+        .chunks_exact(GROUP * QUAD)
+        .zip(b.chunks_exact(PANEL * QUAD))
+    {
+        for (row, a) in sums.iter_mut().zip(a.chunks_exact(QUAD)) {
+            for (sum, b) in row.iter_mut().zip(b.chunks_exact(QUAD)) {
+                *sum += a
+                    .iter()
+                    .zip(b)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum::<i32>();
+            }
+        }
+    }
+    sums
+}
+
+/// Stores a block: `y = (sums - zero · colsum) · (row scale · column scale) + bias
+/// (+ residual)`, in this order of operations whichever kernel summed.
+///
+/// # Safety
+/// `y` is `[rows, block.stride]` and holds the block; no other thread writes its columns.
+unsafe fn store(
+    sums: &Sums,
+    block: &Block,
+    x: &Int8Rows,
+    weight: &Int8Weight,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    y: *mut f32,
+) {
+    let columns = block.first_column..block.first_column + block.columns;
+    let column_scales = &weight.scales[columns.clone()];
+    let column_sums = &weight.sums[columns.clone()];
+    let bias = &bias[columns];
+    for (r, sums) in sums.iter().enumerate().take(block.rows) {
+        let row = block.first_row + r;
+        let (scale, zero) = (x.scales[row], x.zeros[row]);
+        let at = row * block.stride + block.first_column;
+        // SAFETY: the caller vouches for the block's place in y and for its columns.
+        let out = unsafe { std::slice::from_raw_parts_mut(y.add(at), block.columns) };
+        let values = out.iter_mut().zip(sums).zip(column_sums);
+        for (((y, &sum), &colsum), (&column_scale, &bias)) in
+            values.zip(column_scales.iter().zip(bias))
+        {
+            *y = (sum - zero * colsum) as f32 * (scale * column_scale) + bias;
+        }
+        if let Some(residual) = residual {
+            let residual = &residual[at..at + block.columns];
+            out.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Sums, GROUP, PANEL, QUAD};
+    use std::arch::x86_64::*;
+
+    /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `quads` steps of 4 values: per step, each
+    /// row's 4 inputs broadcast against the panel's two 32-byte halves; `vpmaddubsw`
+    /// multiplies and adds pairs into i16 (which the weights' seven bits keep from
+    /// saturating), `vpmaddwd` by ones adds the pairs into i32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `a` has `quads · 24` bytes, `b` `quads · 64`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sums(quads: usize, a: *const u8, b: *const i8) -> Sums {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; GROUP];
+        for step in 0..quads {
+            // SAFETY: step < quads, within the lengths the caller vouches for.
+            let (a, b) = unsafe { (a.add(step * GROUP * QUAD), b.add(step * PANEL * QUAD)) };
+            // SAFETY: 64 bytes from b (unaligned loads).
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_si256(b.cast()),
+                    _mm256_loadu_si256(b.add(32).cast()),
+                )
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row r's 4 bytes of this step.
+                let x =
+                    unsafe { _mm256_set1_epi32(a.add(r * QUAD).cast::<i32>().read_unaligned()) };
+                let low = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones);
+                let high = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones);
+                acc[0] = _mm256_add_epi32(acc[0], low);
+                acc[1] = _mm256_add_epi32(acc[1], high);
+            }
+        }
+        let mut sums = [[0; PANEL]; GROUP];
+        for (row, acc) in sums.iter_mut().zip(acc) {
+            // SAFETY: row has 16 i32, two 32-byte stores.
+            unsafe {
+                _mm256_storeu_si256(row.as_mut_ptr().cast(), acc[0]);
+                _mm256_storeu_si256(row.as_mut_ptr().add(8).cast(), acc[1]);
+            }
+        }
+        sums
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn kernels() -> Vec<Int8Kernel> {
+        let mut kernels = vec![Int8Kernel::Portable];
+        match Int8Kernel::best() {
+            Int8Kernel::Portable => {
+                eprintln!("the avx2 int8 kernel is not tested: this CPU lacks AVX2")
+            }
+            best => kernels.push(best),
+        }
+        kernels
+    }
+
+    /// The inputs as the product sees them: each row quantized and restored.
+    fn dequantized_rows(x: &[f32], rows: usize, depth: usize) -> Vec<f64> {
+        let mut q = vec![0u8; depth];
+        let mut restored = Vec::with_capacity(rows * depth);
+        for row in x.chunks(depth).take(rows) {
+            let (scale, zero) = quantize_row(row, &mut q);
+            restored.extend(q.iter().map(|&q| scale as f64 * (q as i32 - zero) as f64));
+        }
+        restored
+    }
+
+    /// Shapes with ragged rows, columns and depths, one over the row pass and the
+    /// threads' minimum work.
+    const SHAPES: [(usize, usize, usize); 5] = [
+        (1, 1, 1),
+        (5, 17, 7),
+        (13, 40, 33),
+        (100, 50, 130),
+        (200, 96, 771),
+    ];
+
+    #[test]
+    fn products_are_exact_on_the_quantized_values() {
+        for kernel in kernels() {
+            for (seed, &(rows, out, depth)) in SHAPES.iter().enumerate() {
+                let seed = seed as u64 * 4;
+                let (x, w) = (random(rows * depth, seed), random(out * depth, seed + 1));
+                let (bias, residual) = (random(out, seed + 2), random(rows * out, seed + 3));
+                let weight = Int8Weight::for_kernel(&w, out, depth, kernel);
+                let y = linear(&x, rows, &weight, &bias, Some(&residual));
+                let (xq, wq) = (dequantized_rows(&x, rows, depth), weight.dequantized());
+                for r in 0..rows {
+                    for c in 0..out {
+                        let dot: f64 = (0..depth)
+                            .map(|k| xq[r * depth + k] * wq[c * depth + k] as f64)
+                            .sum();
+                        let expected = dot + bias[c] as f64 + residual[r * out + c] as f64;
+                        let got = y[r * out + c] as f64;
+                        assert!(
+                            (got - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
+                            "{kernel:?} [{rows}, {out}, {depth}] ({r}, {c}): {got} against {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_bits() {
+        let (rows, out, depth) = (100, 50, 130);
+        let (x, w, bias) = (
+            random(rows * depth, 1),
+            random(out * depth, 2),
+            random(out, 3),
+        );
+        let results: Vec<Vec<f32>> = kernels()
+            .into_iter()
+            .map(|kernel| {
+                linear(
+                    &x,
+                    rows,
+                    &Int8Weight::for_kernel(&w, out, depth, kernel),
+                    &bias,
+                    None,
+                )
+            })
+            .collect();
+        assert!(results.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+
+    #[test]
+    fn the_product_is_close_to_f32s_and_saturation_free_at_the_extremes() {
+        // Inputs spanning 0..=255 against weights at ±63 are the largest i16 pair sums.
+        let (rows, out, depth) = (12, 32, 256);
+        let x: Vec<f32> = (0..rows * depth)
+            .map(|i| if i % 2 == 0 { 10.0 } else { -0.04 })
+            .collect();
+        let w: Vec<f32> = (0..out * depth)
+            .map(|i| if (i / 7) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let bias = vec![0.0; out];
+        let y = linear(&x, rows, &Int8Weight::new(&w, out, depth), &bias, None);
+        for r in 0..rows {
+            for c in 0..out {
+                let exact: f32 = (0..depth)
+                    .map(|k| x[r * depth + k] * w[c * depth + k])
+                    .sum();
+                let got = y[r * out + c];
+                assert!(
+                    (got - exact).abs() <= 0.02 * (1.0 + exact.abs()),
+                    "({r}, {c}): {got} against {exact}"
+                );
+            }
+        }
+        let (rows, out, depth) = (64, 64, 768);
+        let (x, w) = (random(rows * depth, 7), random(out * depth, 8));
+        let y = linear(
+            &x,
+            rows,
+            &Int8Weight::new(&w, out, depth),
+            &vec![0.0; out],
+            None,
+        );
+        for r in 0..rows {
+            let exact: Vec<f32> = (0..out)
+                .map(|c| {
+                    (0..depth)
+                        .map(|k| x[r * depth + k] * w[c * depth + k])
+                        .sum()
+                })
+                .collect();
+            let got = &y[r * out..(r + 1) * out];
+            let dot: f32 = got.iter().zip(&exact).map(|(a, b)| a * b).sum();
+            let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            let cosine = dot / (norm(got) * norm(&exact));
+            assert!(cosine > 0.999, "row {r}: cosine {cosine}");
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_weights_give_the_bias() {
+        let (rows, out, depth) = (7, 18, 9);
+        let bias = random(out, 4);
+        let y = linear(
+            &vec![0.0; rows * depth],
+            rows,
+            &Int8Weight::new(&random(out * depth, 5), out, depth),
+            &bias,
+            None,
+        );
+        assert!(y.chunks(out).all(|row| row == bias));
+        let y = linear(
+            &random(rows * depth, 6),
+            rows,
+            &Int8Weight::new(&vec![0.0; out * depth], out, depth),
+            &bias,
+            None,
+        );
+        assert!(y.chunks(out).all(|row| row == bias));
+    }
+}
