@@ -93,11 +93,7 @@ impl Int8Weight {
             } else {
                 0.0
             };
-            for (q, &v) in q.iter_mut().zip(row) {
-                *q = (v * inverse)
-                    .round_ties_even()
-                    .clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
-            }
+            quantize_weights(row, q, inverse);
             *sum = q.iter().map(|&q| q as i32).sum();
         }
         let mut panels = vec![0i8; padded_out * quads * QUAD];
@@ -212,14 +208,11 @@ impl Int8Rows {
 /// that zero (and the padding) is exact. A row with a NaN or infinity gets a NaN scale, so
 /// that its outputs are NaN as f32's would be.
 fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
-    let (low, high) = x
-        .iter()
-        .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let scale = (high - low) / 255.0;
-    if !x.iter().all(|v| v.is_finite()) {
+    let Some((low, high)) = finite_range(x) else {
         q.fill(0);
         return (f32::NAN, 0);
-    }
+    };
+    let scale = (high - low) / 255.0;
     if scale == 0.0 {
         q.fill(0);
         return (0.0, 0);
@@ -227,6 +220,42 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     let zero = (-low / scale).round_ties_even().clamp(0.0, 255.0);
     quantize_into(x, q, 1.0 / scale, zero);
     (scale, zero as i32)
+}
+
+/// The least and the greatest of 0 and `x`; `None` if `x` holds a NaN or an infinity.
+/// Written over 16 lanes, with comparisons rather than `f32::min`, so that it vectorises.
+fn finite_range(x: &[f32]) -> Option<(f32, f32)> {
+    let (mut low, mut high, mut poison) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (i, &v) in chunk.iter().enumerate() {
+            low[i] = if v < low[i] { v } else { low[i] };
+            high[i] = if v > high[i] { v } else { high[i] };
+            // 0 · v is NaN exactly when v is a NaN or an infinity.
+            poison[i] += 0.0 * v;
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        low[i] = if v < low[i] { v } else { low[i] };
+        high[i] = if v > high[i] { v } else { high[i] };
+        poison[i] += 0.0 * v;
+    }
+    if poison.iter().any(|p| p.is_nan()) {
+        return None;
+    }
+    let low = low.iter().fold(0.0f32, |m, &v| m.min(v));
+    let high = high.iter().fold(0.0f32, |m, &v| m.max(v));
+    Some((low, high))
+}
+
+multiversion! {
+    /// `q = clamp(round(w · inverse), -63, 63)`.
+    fn quantize_weights(w: &[f32], q: &mut [i8], inverse: f32) {
+        for (q, &v) in q.iter_mut().zip(w) {
+            *q = (v * inverse).round_ties_even().clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
+        }
+    }
 }
 
 multiversion! {
@@ -254,7 +283,7 @@ pub(crate) fn linear(
         "the residual is not [{rows}, {out}]"
     );
     let x = Int8Rows::new(x, rows, depth);
-    let mut y = vec![0.0; rows * out];
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let panels = out.div_ceil(PANEL);
     let tasks = if rows * out * depth < PACKED_PRODUCT_MIN_PARALLEL_WORK {
         1
@@ -263,6 +292,12 @@ pub(crate) fn linear(
     };
     let per_task = panels.div_ceil(tasks.max(1)).max(1);
     let output = Output(y.as_mut_ptr());
+    let scales = Scales {
+        x: &x,
+        weight,
+        bias,
+        residual,
+    };
     let run = |task: usize| {
         let output = &output;
         let task_panels = task * per_task..((task + 1) * per_task).min(panels);
@@ -277,10 +312,9 @@ pub(crate) fn linear(
                         columns: PANEL.min(out - panel * PANEL),
                         stride: out,
                     };
-                    let sums = weight.kernel.sums(&x, weight, first_row / GROUP, panel);
                     // SAFETY: this task alone writes the columns of its panels, and the
                     // block lies inside y (`rows x out`).
-                    unsafe { store(&sums, &block, &x, weight, bias, residual, output.0) };
+                    unsafe { weight.kernel.block(&block, &scales, output.0) };
                 }
             }
         }
@@ -290,6 +324,9 @@ pub(crate) fn linear(
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }
+    // SAFETY: the blocks cover every row and column of y, and each block stores every
+    // element it covers.
+    unsafe { y.set_len(rows * out) };
     y
 }
 
@@ -310,18 +347,35 @@ struct Block {
 
 type Sums = [[i32; PANEL]; GROUP];
 
+/// What a block is stored with besides its sums.
+struct Scales<'a> {
+    x: &'a Int8Rows,
+    weight: &'a Int8Weight,
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
+}
+
 impl Int8Kernel {
-    /// The integer sums of row group `group` against panel `panel`.
-    fn sums(self, x: &Int8Rows, weight: &Int8Weight, group: usize, panel: usize) -> Sums {
-        let quads = weight.depth.div_ceil(QUAD);
-        let a = &x.groups[group * quads * GROUP * QUAD..][..quads * GROUP * QUAD];
-        let b = &weight.panels[panel * quads * PANEL * QUAD..][..quads * PANEL * QUAD];
+    /// Sums and stores one block: row group `block.first_row / 6` against panel
+    /// `block.first_column / 16`.
+    ///
+    /// # Safety
+    /// `y` is `[rows, block.stride]` and holds the block; no other thread writes its
+    /// columns. [`Int8Kernel::Avx2`] only where the CPU has AVX2.
+    unsafe fn block(self, block: &Block, scales: &Scales, y: *mut f32) {
+        let quads = scales.weight.depth.div_ceil(QUAD);
+        let group = block.first_row / GROUP * quads * GROUP * QUAD;
+        let a = &scales.x.groups[group..][..quads * GROUP * QUAD];
+        let panel = block.first_column / PANEL * quads * PANEL * QUAD;
+        let b = &scales.weight.panels[panel..][..quads * PANEL * QUAD];
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx2 is only chosen (`best`) or tested where the CPU has AVX2; a and b
-            // hold `quads` steps each.
-            Int8Kernel::Avx2 => unsafe { avx2::sums(quads, a.as_ptr(), b.as_ptr()) },
-            _ => portable_sums(a, b),
+            // SAFETY: the caller vouches for the CPU and y; a and b hold `quads` steps.
+            Int8Kernel::Avx2 => unsafe {
+                avx2::block(quads, a.as_ptr(), b.as_ptr(), block, scales, y)
+            },
+            // SAFETY: as above.
+            _ => unsafe { store(&portable_sums(a, b), block, scales, y) },
         }
     }
 }
@@ -347,19 +401,19 @@ fn portable_sums(a: &[u8], b: &[i8]) -> Sums {
 }
 
 /// Stores a block: `y = (sums - zero · colsum) · (row scale · column scale) + bias
-/// (+ residual)`, in this order of operations whichever kernel summed.
+/// (+ residual)`, in this order of operations whichever kernel summed (inlined into each,
+/// so that it vectorises for the kernel's instruction set).
 ///
 /// # Safety
 /// `y` is `[rows, block.stride]` and holds the block; no other thread writes its columns.
-unsafe fn store(
-    sums: &Sums,
-    block: &Block,
-    x: &Int8Rows,
-    weight: &Int8Weight,
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    y: *mut f32,
-) {
+#[inline(always)]
+unsafe fn store(sums: &Sums, block: &Block, scales: &Scales, y: *mut f32) {
+    let Scales {
+        x,
+        weight,
+        bias,
+        residual,
+    } = *scales;
     let columns = block.first_column..block.first_column + block.columns;
     let column_scales = &weight.scales[columns.clone()];
     let column_sums = &weight.sums[columns.clone()];
@@ -385,8 +439,25 @@ unsafe fn store(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Sums, GROUP, PANEL, QUAD};
+    use super::{store, Block, Scales, Sums, GROUP, PANEL, QUAD};
     use std::arch::x86_64::*;
+
+    /// [`sums`], then [`store`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; the rest as [`sums`] and [`store`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn block(
+        quads: usize,
+        a: *const u8,
+        b: *const i8,
+        block: &Block,
+        scales: &Scales,
+        y: *mut f32,
+    ) {
+        // SAFETY: the caller's promises are these functions'.
+        unsafe { store(&sums(quads, a, b), block, scales, y) }
+    }
 
     /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `quads` steps of 4 values: per step, each
     /// row's 4 inputs broadcast against the panel's two 32-byte halves; `vpmaddubsw`
@@ -396,7 +467,8 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2; `a` has `quads · 24` bytes, `b` `quads · 64`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn sums(quads: usize, a: *const u8, b: *const i8) -> Sums {
+    #[inline]
+    unsafe fn sums(quads: usize, a: *const u8, b: *const i8) -> Sums {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 2]; GROUP];
         for step in 0..quads {
@@ -577,6 +649,19 @@ mod tests {
             let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
             let cosine = dot / (norm(got) * norm(&exact));
             assert!(cosine > 0.999, "row {r}: cosine {cosine}");
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_nan_or_an_infinity_gives_nans_in_that_row_alone() {
+        let (rows, out, depth) = (3, 5, 20);
+        let weight = Int8Weight::new(&random(out * depth, 9), out, depth);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = random(rows * depth, 10);
+            x[depth + 17] = bad;
+            let y = linear(&x, rows, &weight, &vec![0.0; out], None);
+            assert!(y[out..2 * out].iter().all(|v| v.is_nan()), "{bad}: {y:?}");
+            assert!(y[..out].iter().chain(&y[2 * out..]).all(|v| v.is_finite()));
         }
     }
 
