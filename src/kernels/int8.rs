@@ -9,8 +9,9 @@
 //! - **Inputs**: asymmetric per row, `x ≈ scale[r] · (q - zero[r])` with `q` in 0..=255,
 //!   0.0 exactly representable. `Σ (q - zero) w = Σ q w - zero · Σ w`, so the kernel sums
 //!   `q · w` alone and the stored value subtracts `zero[r] · colsum[c]`.
-//! - **Layout**: weight panels of 16 output columns `[depth/4][16][4]` (zero padded), input
-//!   groups of 6 rows `[depth/4][6][4]`: one 32-bit broadcast of a row's 4 values meets
+//! - **Layout**: weight panels of 16 output columns `[depth/4][16][4]` (zero padded), inputs
+//!   as rows padded to whole groups of 4 values, read 6 rows at a time: one 32-bit
+//!   broadcast of a row's 4 values meets
 //!   two 32-byte loads of the panel, and `vpmaddubsw` then `vpmaddwd` by ones give each
 //!   column's sum of 4 products in an i32 lane. 12 accumulators of 6 rows x 16 columns.
 //!   Sums stay exact in i32: `depth · 255 · 63` is far below 2³¹ for any encoder.
@@ -29,8 +30,7 @@ const GROUP: usize = 6;
 const QUAD: usize = 4;
 /// The largest quantized weight: seven bits (see the module documentation).
 const WEIGHT_MAX: f32 = 63.0;
-/// Rows per pass: a pass's row groups (`ROWS_PER_PASS x depth` bytes, 288 KiB at depth
-/// 3072) stay in the L2 cache while a thread walks its panels.
+/// Rows per pass: a pass's rows (`ROWS_PER_PASS x depth` bytes, 288 KiB at depth 3072) stay in the L2 cache while a thread walks its panels.
 const ROWS_PER_PASS: usize = 96;
 const _: () = assert!(ROWS_PER_PASS.is_multiple_of(GROUP));
 
@@ -150,54 +150,42 @@ impl Int8Weight {
     }
 }
 
-/// `x [rows, in]` quantized per row, in groups of [`GROUP`] rows `[in/4][6][4]`.
+/// `x [rows, in]` quantized per row, each row padded with zeros to a whole number of
+/// steps of 4 values, and the rows to a whole number of groups of [`GROUP`].
 struct Int8Rows {
-    groups: Vec<u8>,
-    /// `x[r, k] ≈ scales[r] · (q[r, k] - zeros[r])`, padded to whole groups.
+    /// `[rows/6 · 6][in/4 · 4]`.
+    values: Vec<u8>,
+    /// Bytes per row.
+    stride: usize,
+    /// `x[r, k] ≈ scales[r] · (q[r, k] - zeros[r])`.
     scales: Vec<f32>,
     zeros: Vec<i32>,
 }
 
 impl Int8Rows {
     fn new(x: &[f32], rows: usize, depth: usize) -> Self {
-        let quads = depth.div_ceil(QUAD);
-        let group_len = quads * GROUP * QUAD;
+        let stride = depth.div_ceil(QUAD) * QUAD;
         let padded_rows = rows.div_ceil(GROUP) * GROUP;
-        let mut groups = vec![0u8; padded_rows / GROUP * group_len];
+        let mut values = vec![0u8; padded_rows * stride];
         let mut scales = vec![0.0; padded_rows];
         let mut zeros = vec![0; padded_rows];
-        let pack =
-            |((g, group), (scales, zeros)): ((usize, &mut [u8]), (&mut [f32], &mut [i32]))| {
-                let mut row = vec![0u8; depth];
-                for r in 0..GROUP.min(rows - g * GROUP) {
-                    let values = &x[(g * GROUP + r) * depth..][..depth];
-                    (scales[r], zeros[r]) = quantize_row(values, &mut row);
-                    for (k, &q) in row.iter().enumerate() {
-                        group[(k / QUAD * GROUP + r) * QUAD + k % QUAD] = q;
-                    }
-                }
-            };
-        if group_len > 0 {
-            let parameters = scales.chunks_mut(GROUP).zip(zeros.chunks_mut(GROUP));
-            if rows * depth < PACKING_MIN_PARALLEL_LEN {
-                groups
-                    .chunks_mut(group_len)
-                    .enumerate()
-                    .zip(parameters)
-                    .for_each(pack);
+        let quantize = |((q, x), (scale, zero)): ((&mut [u8], &[f32]), (&mut f32, &mut i32))| {
+            (*scale, *zero) = quantize_row(x, &mut q[..depth]);
+        };
+        if depth > 0 {
+            let rows = values.chunks_mut(stride).zip(x.chunks(depth));
+            if x.len() < PACKING_MIN_PARALLEL_LEN {
+                rows.zip(scales.iter_mut().zip(&mut zeros))
+                    .for_each(quantize);
             } else {
-                let parameters = scales
-                    .par_chunks_mut(GROUP)
-                    .zip(zeros.par_chunks_mut(GROUP));
-                groups
-                    .par_chunks_mut(group_len)
-                    .enumerate()
-                    .zip(parameters)
-                    .for_each(pack);
+                let rows = values.par_chunks_mut(stride).zip(x.par_chunks(depth));
+                let parameters = scales.par_iter_mut().zip(&mut zeros);
+                rows.zip(parameters).for_each(quantize);
             }
         }
         Self {
-            groups,
+            values,
+            stride,
             scales,
             zeros,
         }
@@ -364,30 +352,29 @@ impl Int8Kernel {
     /// columns. [`Int8Kernel::Avx2`] only where the CPU has AVX2.
     unsafe fn block(self, block: &Block, scales: &Scales, y: *mut f32) {
         let quads = scales.weight.depth.div_ceil(QUAD);
-        let group = block.first_row / GROUP * quads * GROUP * QUAD;
-        let a = &scales.x.groups[group..][..quads * GROUP * QUAD];
+        let stride = scales.x.stride;
+        let a = &scales.x.values[block.first_row * stride..][..GROUP * stride];
         let panel = block.first_column / PANEL * quads * PANEL * QUAD;
         let b = &scales.weight.panels[panel..][..quads * PANEL * QUAD];
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller vouches for the CPU and y; a and b hold `quads` steps.
             Int8Kernel::Avx2 => unsafe {
-                avx2::block(quads, a.as_ptr(), b.as_ptr(), block, scales, y)
+                avx2::block(quads, a.as_ptr(), stride, b.as_ptr(), block, scales, y)
             },
             // SAFETY: as above.
-            _ => unsafe { store(&portable_sums(a, b), block, scales, y) },
+            _ => unsafe { store(&portable_sums(a, stride, b), block, scales, y) },
         }
     }
 }
 
-/// The integer sums in plain Rust: `sums[r][c] = Σ_k a[r, k] · b[c, k]`.
-fn portable_sums(a: &[u8], b: &[i8]) -> Sums {
+/// The integer sums in plain Rust: `sums[r][c] = Σ_k a[r, k] · b[c, k]`, `a` being 6 rows
+/// `stride` bytes apart.
+fn portable_sums(a: &[u8], stride: usize, b: &[i8]) -> Sums {
     let mut sums = [[0; PANEL]; GROUP];
-    for (a, b) in a
-        .chunks_exact(GROUP * QUAD)
-        .zip(b.chunks_exact(PANEL * QUAD))
-    {
-        for (row, a) in sums.iter_mut().zip(a.chunks_exact(QUAD)) {
+    for (row, a) in sums.iter_mut().zip(a.chunks(stride)) {
+        for (step, b) in b.chunks_exact(PANEL * QUAD).enumerate() {
+            let a = &a[step * QUAD..][..QUAD];
             for (sum, b) in row.iter_mut().zip(b.chunks_exact(QUAD)) {
                 *sum += a
                     .iter()
@@ -450,13 +437,14 @@ mod avx2 {
     pub(super) unsafe fn block(
         quads: usize,
         a: *const u8,
+        stride: usize,
         b: *const i8,
         block: &Block,
         scales: &Scales,
         y: *mut f32,
     ) {
         // SAFETY: the caller's promises are these functions'.
-        unsafe { store(&sums(quads, a, b), block, scales, y) }
+        unsafe { store(&sums(quads, a, stride, b), block, scales, y) }
     }
 
     /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `quads` steps of 4 values: per step, each
@@ -465,15 +453,16 @@ mod avx2 {
     /// saturating), `vpmaddwd` by ones adds the pairs into i32.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `a` has `quads · 24` bytes, `b` `quads · 64`.
+    /// The CPU must have AVX2; `a` has 6 rows of `quads · 4` bytes `stride` apart, `b`
+    /// `quads · 64` bytes.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn sums(quads: usize, a: *const u8, b: *const i8) -> Sums {
+    unsafe fn sums(quads: usize, a: *const u8, stride: usize, b: *const i8) -> Sums {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 2]; GROUP];
         for step in 0..quads {
             // SAFETY: step < quads, within the lengths the caller vouches for.
-            let (a, b) = unsafe { (a.add(step * GROUP * QUAD), b.add(step * PANEL * QUAD)) };
+            let (a, b) = unsafe { (a.add(step * QUAD), b.add(step * PANEL * QUAD)) };
             // SAFETY: 64 bytes from b (unaligned loads).
             let (b0, b1) = unsafe {
                 (
@@ -483,8 +472,8 @@ mod avx2 {
             };
             for (r, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: row r's 4 bytes of this step.
-                let x =
-                    unsafe { _mm256_set1_epi32(a.add(r * QUAD).cast::<i32>().read_unaligned()) };
+                let x = unsafe { a.add(r * stride).cast::<i32>().read_unaligned() };
+                let x = _mm256_set1_epi32(x);
                 let low = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b0), ones);
                 let high = _mm256_madd_epi16(_mm256_maddubs_epi16(x, b1), ones);
                 acc[0] = _mm256_add_epi32(acc[0], low);
