@@ -8,6 +8,7 @@
 //! The second argument is the frozen encoder the bundle was trained on (`-` for a model
 //! that reads no frozen feature).
 
+use gfer::backbone::Precision;
 use gfer::predict::{PredictOptions, Predictor};
 use std::path::Path;
 
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let predictor = Predictor::from_bundle(
         Path::new(bundle),
         encoder,
+        Precision::F32,
         &candle_core::Device::Cpu,
         PredictOptions::default(),
     )?;

@@ -8,12 +8,14 @@
 //!
 //! ```no_run
 //! # fn main() -> gfer::Result<()> {
+//! use gfer::backbone::Precision;
 //! use gfer::predict::{PredictOptions, Predictor};
 //! use std::path::Path;
 //! let device = candle_core::Device::Cpu;
 //! let predictor = Predictor::from_bundle(
 //!     Path::new("runs/raf-cafe/model.safetensors"),
 //!     Some(Path::new("ViT-B-32.safetensors")),
+//!     Precision::F32,
 //!     &device,
 //!     PredictOptions::default(),
 //! )?;
@@ -30,6 +32,7 @@ pub mod output;
 pub mod run;
 pub mod video;
 
+use crate::backbone::Precision;
 use crate::data::FaceCropping;
 use crate::detect::align::{aligned_crop, roll_degrees, Template};
 use crate::detect::{square_crop, DetectorKind, DetectorOptions, FaceDetector, Landmarks, Rect};
@@ -217,14 +220,16 @@ impl FaceClassifier for ExpressionModel {
 
 impl Predictor {
     /// A predictor for a model bundle and the frozen encoder weights it was trained on
-    /// (`None` only for a model that reads no frozen feature), on `device`.
+    /// (`None` only for a model that reads no frozen feature), the encoder in `precision`,
+    /// on `device`.
     pub fn from_bundle(
         bundle: &Path,
         encoder_weights: Option<&Path>,
+        precision: Precision,
         device: &Device,
         options: PredictOptions,
     ) -> Result<Self> {
-        let model = ExpressionModel::load(bundle, encoder_weights, device)?;
+        let model = ExpressionModel::load(bundle, encoder_weights, precision, device)?;
         if let Some(warning) = cutting_mismatch(model.meta.faces.as_ref(), &options) {
             tracing::warn!("{}: {warning}", bundle.display());
         }

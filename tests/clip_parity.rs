@@ -6,7 +6,7 @@
 use crate::common;
 
 use candle_core::{Device, Tensor};
-use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
+use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder, Precision};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -64,7 +64,8 @@ fn tiny_tower_matches_transformers_in_every_layout_and_format() {
     ] {
         let path = common::fixture(&format!("clip/{file}"));
         let encoder =
-            ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu).unwrap();
+            ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu, Precision::F32)
+                .unwrap();
         assert_eq!(encoder.dim(), 32);
         assert_eq!(encoder.input_size(), 32);
         assert_matches(&encoder, &pixels, &reference, file);
@@ -81,7 +82,9 @@ fn tiny_tower_matches_transformers_in_every_layout_and_format() {
 fn each_image_is_encoded_alone_as_in_a_batch() {
     let (pixels, reference) = io(&common::fixture("clip/tiny_io.safetensors"));
     let path = common::fixture("clip/tiny_hf.safetensors");
-    let encoder = ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu).unwrap();
+    let encoder =
+        ClipVisionEncoder::load_with(&path, Some(&tiny_config()), &Device::Cpu, Precision::F32)
+            .unwrap();
     for i in 0..pixels.dim(0).unwrap() {
         let one = pixels.narrow(0, i, 1).unwrap();
         assert_matches(
@@ -122,6 +125,7 @@ fn a_checkpoint_with_a_wrong_and_a_missing_tensor_is_refused_naming_both() {
         tensors,
         Some(&tiny_config()),
         "broken.safetensors",
+        Precision::F32,
     ) {
         Ok(_) => panic!("a broken checkpoint was accepted"),
         Err(err) => err.to_string(),
@@ -143,7 +147,12 @@ fn a_checkpoint_with_a_wrong_and_a_missing_tensor_is_refused_naming_both() {
 #[test]
 fn a_tower_of_another_shape_is_refused_when_a_preset_is_named() {
     let path = common::fixture("clip/tiny_openai.safetensors");
-    let err = match load_encoder(Some(Backbone::ClipVitB32), &path, &Device::Cpu) {
+    let err = match load_encoder(
+        Some(Backbone::ClipVitB32),
+        &path,
+        &Device::Cpu,
+        Precision::F32,
+    ) {
         Ok(_) => panic!("a tiny tower was accepted as ViT-B/32"),
         Err(err) => err.to_string(),
     };
@@ -225,8 +234,14 @@ fn full_size_vit_b32_matches_transformers() {
     let (pixels, reference) = io(&io_path);
     // The HF file's preset is inferred from its shapes; the OpenAI one is checked against
     // ViT-B/32 by name.
-    let inferred = load_encoder(None, &hf, &Device::Cpu).unwrap();
-    let named = load_encoder(Some(Backbone::ClipVitB32), &openai, &Device::Cpu).unwrap();
+    let inferred = load_encoder(None, &hf, &Device::Cpu, Precision::F32).unwrap();
+    let named = load_encoder(
+        Some(Backbone::ClipVitB32),
+        &openai,
+        &Device::Cpu,
+        Precision::F32,
+    )
+    .unwrap();
     for (encoder, path) in [(&inferred, &hf), (&named, &openai)] {
         assert_eq!(encoder.id(), "clip-vit-b32");
         assert_eq!(encoder.dim(), 512);
@@ -249,9 +264,13 @@ fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
     )
     .unwrap();
     // The head count cannot be inferred from the shapes: name the tiny shape.
-    let encoder =
-        ClipVisionEncoder::load_with(&common::tiny_clip(), Some(&tiny_config()), &Device::Cpu)
-            .unwrap();
+    let encoder = ClipVisionEncoder::load_with(
+        &common::tiny_clip(),
+        Some(&tiny_config()),
+        &Device::Cpu,
+        Precision::F32,
+    )
+    .unwrap();
     assert_eq!((encoder.layers(), encoder.token_dim()), (2, 64));
     for layer in 1..=2 {
         let (feature, tokens) = encoder.encode_with_tokens(&pixels, layer).unwrap();
@@ -315,5 +334,31 @@ fn the_kernel_variable_is_obeyed_and_a_bad_value_is_refused() {
             "avx512",
             "GFER_MATMUL=avx512: the avx512 matrix kernel needs AVX-512F, which this CPU lacks",
         );
+    }
+}
+
+/// Needs the bf16 and int8 kernels: a quantized tower keeps the weights' fingerprint
+/// (an f32-trained model runs on it) and its features point where the f32 ones do.
+#[test]
+fn quantized_towers_keep_the_fingerprint_and_stay_close_to_f32() {
+    let (pixels, _) = io(&common::fixture("clip/tiny_io.safetensors"));
+    let load = |precision| {
+        ClipVisionEncoder::load_with(
+            &common::tiny_clip(),
+            Some(&tiny_config()),
+            &Device::Cpu,
+            precision,
+        )
+        .unwrap()
+    };
+    let exact = load(Precision::F32);
+    let expected = exact.encode(&pixels).unwrap();
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let encoder = load(precision);
+        assert_eq!(encoder.precision(), precision);
+        assert_eq!(encoder.fingerprint(), exact.fingerprint());
+        let cosine = common::smallest_cosine(&encoder.encode(&pixels).unwrap(), &expected);
+        eprintln!("{}: smallest cosine to f32 {cosine}", precision.name());
+        assert!(cosine > 0.99, "{}: cosine {cosine}", precision.name());
     }
 }

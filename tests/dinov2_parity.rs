@@ -11,7 +11,7 @@ use crate::common;
 
 use candle_core::{Device, IndexOp, Tensor};
 use gfer::backbone::dinov2::{convert_onnx, Dinov2Encoder, Dinov2Options, Dinov2Output};
-use gfer::backbone::Encoder;
+use gfer::backbone::{Encoder, Precision};
 
 /// max |a - b| / max |b|.
 fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
@@ -120,6 +120,7 @@ fn hugging_face_layout_matches_transformers() {
     let options = Dinov2Options {
         input_size: 224,
         output: Dinov2Output::ClsAndMeanPatch,
+        precision: Precision::F32,
     };
     let encoder = Dinov2Encoder::load_with(&path, &Device::Cpu, options).unwrap();
     let config = encoder.config();
@@ -164,6 +165,7 @@ fn meta_layout_matches_transformers_with_metas_position_resize() {
     let native = Dinov2Options {
         input_size: 252,
         output: Dinov2Output::Cls,
+        precision: Precision::F32,
     };
     let meta = Dinov2Encoder::load_with(&path, &Device::Cpu, native).unwrap();
     let hf_path = common::fixture("dinov2/tiny_hf.safetensors");
@@ -198,5 +200,32 @@ fn mean_patch_tokens_of_every_block_match_transformers_hidden_states() {
     for layer in [0, 3] {
         let err = encoder.encode_with_tokens(&pixels, layer).unwrap_err();
         assert!(err.to_string().contains("blocks 1..=2"), "{err}");
+    }
+}
+
+/// Needs the bf16 and int8 kernels: a quantized DINOv2 keeps the weights' fingerprint and
+/// its features point where the f32 ones do.
+#[test]
+fn quantized_dinov2_keeps_the_fingerprint_and_stays_close_to_f32() {
+    let path = common::fixture("dinov2/tiny_hf.safetensors");
+    let load = |precision| {
+        gfer::backbone::load_encoder(
+            Some(gfer::backbone::Backbone::Dinov2),
+            &path,
+            &Device::Cpu,
+            precision,
+        )
+        .unwrap()
+    };
+    let pixels = formula_pixels(2);
+    let exact = load(Precision::F32);
+    let expected = exact.encode(&pixels).unwrap();
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let encoder = load(precision);
+        assert_eq!(encoder.precision(), precision);
+        assert_eq!(encoder.fingerprint(), exact.fingerprint());
+        let cosine = common::smallest_cosine(&encoder.encode(&pixels).unwrap(), &expected);
+        eprintln!("{}: smallest cosine to f32 {cosine}", precision.name());
+        assert!(cosine > 0.99, "{}: cosine {cosine}", precision.name());
     }
 }

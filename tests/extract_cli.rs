@@ -143,3 +143,122 @@ fn every_computing_subcommand_takes_the_device_flag() {
         );
     }
 }
+
+/// `--precision` is one flag on every subcommand that runs a frozen encoder, and a name
+/// that is not a precision is refused with the three that are.
+#[test]
+fn every_encoder_subcommand_takes_the_precision_flag() {
+    for sub in [
+        &["train"][..],
+        &["eval"],
+        &["protocol"],
+        &["extract"],
+        &["predict"],
+        &["serve"],
+        &["bench", "encode"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_gfer"))
+            .args(sub)
+            .arg("--help")
+            .output()
+            .expect("gfer runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains("--precision <PRECISION>") && text.contains("Layer norm, softmax"),
+            "{sub:?} --help:\n{text}"
+        );
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(["extract", "--precision", "fp16", "--weights"])
+        .arg(common::tiny_clip())
+        .args(["--out", "never-written.safetensors", "."])
+        .output()
+        .expect("gfer runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'fp16' for '--precision <PRECISION>'")
+            && stderr.contains("[possible values: f32, bf16, int8]"),
+        "{stderr}"
+    );
+}
+
+/// Features extracted by a tower of `precision`, their file's metadata, and what gfer
+/// printed.
+fn extract_faces(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    precision: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args(["extract", "--precision", precision, "--weights"])
+        .arg(common::tiny_clip())
+        .arg("--out")
+        .arg(out)
+        .arg(input)
+        .output()
+        .expect("gfer runs")
+}
+
+fn faces_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    for i in 0..6 {
+        common::synthetic_face(i, i, 40)
+            .save(input.join(format!("face{i}.png")))
+            .expect("write");
+    }
+    input
+}
+
+#[test]
+fn extract_records_the_precision_of_its_features() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = faces_folder(dir.path());
+    let out = dir.path().join("f32.safetensors");
+    let output = extract_faces(&input, &out, "f32");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("precision f32"), "{stderr}");
+    let file = gfer::formats::tensorfile::load(&out, &candle_core::Device::Cpu).expect("file");
+    assert_eq!(file.metadata["precision"], "f32");
+    let set = gfer::backbone::features::FeatureSet::load(&out).expect("features file");
+    assert_eq!(set.key.precision, gfer::backbone::Precision::F32);
+}
+
+/// Needs the int8 kernel: the file says int8, each image's feature points where the f32
+/// one does, and int8 rows are never added to a file of f32 ones.
+#[test]
+fn extract_in_int8_records_it_and_stays_close_to_f32() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = faces_folder(dir.path());
+    let f32_out = dir.path().join("f32.safetensors");
+    let int8_out = dir.path().join("int8.safetensors");
+    for (out, precision) in [(&f32_out, "f32"), (&int8_out, "int8")] {
+        let output = extract_faces(&input, out, precision);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{precision}: {stderr}");
+    }
+    let load = |path: &std::path::Path| {
+        gfer::backbone::features::FeatureSet::load(path).expect("features file")
+    };
+    let (exact, quantized) = (load(&f32_out), load(&int8_out));
+    assert_eq!(quantized.key.precision, gfer::backbone::Precision::Int8);
+    assert_eq!(quantized.key.fingerprint, exact.key.fingerprint);
+    assert_eq!(quantized.rows, exact.rows);
+    for i in 0..exact.len() {
+        let (a, b) = (exact.row(i), quantized.row(i));
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cosine = dot / (norm(a) * norm(b));
+        assert!(cosine > 0.99, "{}: cosine {cosine}", exact.rows[i].path);
+    }
+
+    let mixed = extract_faces(&input, &f32_out, "int8");
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert!(!mixed.status.success(), "int8 rows were added to f32 ones");
+    assert!(
+        stderr.contains("precision f32") && stderr.contains("precision int8"),
+        "{stderr}"
+    );
+}

@@ -5,6 +5,7 @@
 use crate::common;
 use crate::predict_support;
 
+use gfer::backbone::Precision;
 use gfer::data::Shard;
 use gfer::image::DecodeLimits;
 use gfer::predict::inputs::{self, Input};
@@ -439,6 +440,7 @@ fn a_real_bundle_predicts_exactly_as_the_model_does() {
     let model = gfer::model::inference::ExpressionModel::load(
         bundle,
         Some(weights),
+        Precision::F32,
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -447,8 +449,14 @@ fn a_real_bundle_predicts_exactly_as_the_model_does() {
         batch_size: 5,
         ..Default::default()
     };
-    let predictor =
-        Predictor::from_bundle(bundle, Some(weights), &candle_core::Device::Cpu, options).unwrap();
+    let predictor = Predictor::from_bundle(
+        bundle,
+        Some(weights),
+        Precision::F32,
+        &candle_core::Device::Cpu,
+        options,
+    )
+    .unwrap();
     assert_eq!(predictor.class_names(), gfer::Expression::names());
     let dir = tempfile::tempdir().unwrap();
     let photos = synthetic_photos(dir.path());

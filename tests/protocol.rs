@@ -4,7 +4,7 @@
 use crate::common;
 
 use candle_core::Device;
-use gfer::backbone::{load_encoder, Encoder};
+use gfer::backbone::{load_encoder, Encoder, Precision};
 use gfer::data::ImageSource;
 use gfer::experiments::protocol::{self, name_specs, MethodVariant, ProtocolConfig};
 use gfer::image::{DecodeLimits, Preprocess, Preset};
@@ -34,6 +34,7 @@ fn protocol_writes_the_table_per_class_tables_and_confusion_images() {
             data: String::new(),
             backbone: None,
             weights: Some(common::tiny_clip()),
+            precision: Precision::F32,
             preprocess: Preset::Cafe,
             method: Method::Cafe,
             cafe: CafeConfig::default(),
@@ -109,7 +110,8 @@ fn protocol_writes_the_table_per_class_tables_and_confusion_images() {
 fn the_cache_recomputes_exactly_what_a_change_affects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let device = Device::Cpu;
-    let encoder = load_encoder(None, &common::tiny_clip(), &device).expect("encoder");
+    let encoder =
+        load_encoder(None, &common::tiny_clip(), &device, Precision::F32).expect("encoder");
     let images: Vec<_> = (0..5)
         .map(|i| common::synthetic_face(i % 7, i, 32))
         .collect();
@@ -185,7 +187,7 @@ fn the_cache_recomputes_exactly_what_a_change_affects() {
     file.tensors
         .insert("visual_projection.weight".into(), (t * 2.0).expect("scale"));
     gfer::formats::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
-    let other = load_encoder(None, &other, &device).expect("other encoder");
+    let other = load_encoder(None, &other, &device, Precision::F32).expect("other encoder");
     let (_, _, clean, views) = build(other.as_ref(), 1, 5);
     assert_eq!((clean, views), ((5, 0), (5, 0)));
 }
@@ -203,7 +205,8 @@ fn mask_input_caches_recompute_only_when_the_resnet_or_the_layer_changes() {
     use gfer::train::cache::MaskSource;
     let dir = tempfile::tempdir().expect("tempdir");
     let device = Device::Cpu;
-    let encoder = load_encoder(None, &common::tiny_clip(), &device).expect("encoder");
+    let encoder =
+        load_encoder(None, &common::tiny_clip(), &device, Precision::F32).expect("encoder");
     let images: Vec<_> = (0..4)
         .map(|i| common::synthetic_face(i % 7, i, 32))
         .collect();
@@ -403,6 +406,7 @@ fn full_and_fast_variants_come_out_side_by_side_in_one_table() {
             data: String::new(),
             backbone: None,
             weights: Some(common::tiny_clip()),
+            precision: Precision::F32,
             preprocess: Preset::Cafe,
             method: Method::Cafe,
             cafe: CafeConfig {

@@ -5,6 +5,7 @@
 use crate::common;
 use crate::predict_support;
 
+use gfer::backbone::Precision;
 use gfer::predict::{FaceClassifier, PredictOptions, Predictor};
 use gfer::serve::{self, ServeConfig};
 use predict_support::{corrupt_jpeg, encode, png_bomb, solid, BreaksOnBlue, Gated, MeanColour};
@@ -705,8 +706,14 @@ async fn the_binary_serves_a_real_bundle_and_stops_on_sigterm() {
         detect: false,
         ..Default::default()
     };
-    let predictor =
-        Predictor::from_bundle(bundle, Some(weights), &candle_core::Device::Cpu, options).unwrap();
+    let predictor = Predictor::from_bundle(
+        bundle,
+        Some(weights),
+        Precision::F32,
+        &candle_core::Device::Cpu,
+        options,
+    )
+    .unwrap();
     let expected = predictor.predict(&face).unwrap();
     assert_eq!(body["faces"][0]["label"], expected.faces[0].label.as_str());
     let served = body["faces"][0]["probabilities"]["happiness"]

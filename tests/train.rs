@@ -5,6 +5,7 @@
 use crate::common;
 
 use candle_core::Device;
+use gfer::backbone::Precision;
 use gfer::image::Preset;
 use gfer::model::classifier::{MaskInput, Method};
 use gfer::model::inference::ExpressionModel;
@@ -19,6 +20,7 @@ fn config(data: String, method: Method, epochs: usize, fast: Option<FastConfig>)
         data,
         backbone: None,
         weights: Some(common::tiny_clip()),
+        precision: Precision::F32,
         preprocess: Preset::Cafe,
         method,
         // A narrow ResNet keeps the full recipe quick; the layout is the same.
@@ -213,8 +215,13 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
     );
 
     // The bundle works through the same path as `gfer eval`.
-    let model = ExpressionModel::load(&report.bundle, Some(&common::tiny_clip()), &Device::Cpu)
-        .expect("bundle loads");
+    let model = ExpressionModel::load(
+        &report.bundle,
+        Some(&common::tiny_clip()),
+        Precision::F32,
+        &Device::Cpu,
+    )
+    .expect("bundle loads");
     let dataset = gfer::data::open(&spec, &Default::default()).expect("data");
     let test = dataset.split(gfer::data::Split::Test);
     let (metrics, failures) = gfer::eval::evaluate_images(
@@ -242,7 +249,7 @@ fn fast_mode_learns_and_its_bundle_evaluates() {
     file.tensors
         .insert("visual_projection.weight".into(), (t * 2.0).expect("scale"));
     gfer::formats::tensorfile::save(&other, &file.tensors, &file.metadata).expect("save");
-    let err = ExpressionModel::load(&report.bundle, Some(&other), &Device::Cpu)
+    let err = ExpressionModel::load(&report.bundle, Some(&other), Precision::F32, &Device::Cpu)
         .err()
         .expect("refused")
         .to_string();
@@ -287,8 +294,8 @@ fn fast_generator_end_to_end(
     );
 
     let weights = common::tiny_clip();
-    let model =
-        ExpressionModel::load(&report.bundle, Some(&weights), &Device::Cpu).expect("bundle loads");
+    let model = ExpressionModel::load(&report.bundle, Some(&weights), Precision::F32, &Device::Cpu)
+        .expect("bundle loads");
     let recorded = &model.meta.model["generator"];
     assert_eq!(recorded["kind"], "mlp", "{recorded}");
     assert_eq!(
@@ -341,7 +348,8 @@ fn fast_generator_end_to_end(
     );
 
     // Inference computes the generator's input as the cache holds it (clean views).
-    let encoder = gfer::backbone::load_encoder(None, &weights, &Device::Cpu).expect("encoder");
+    let encoder = gfer::backbone::load_encoder(None, &weights, &Device::Cpu, Precision::F32)
+        .expect("encoder");
     let mask = match generator {
         MaskInput::Resnet18 => Some(gfer::train::cache::MaskSource::Resnet(
             model.classifier().frozen_resnet().expect("frozen ResNet"),
@@ -395,6 +403,7 @@ fn fast_generator_end_to_end(
     let predictor = gfer::predict::Predictor::from_bundle(
         &report.bundle,
         Some(&weights),
+        Precision::F32,
         &Device::Cpu,
         gfer::predict::PredictOptions {
             detect: false,
@@ -508,4 +517,96 @@ fn fast_mode_with_an_encoder_token_generator_learns_and_evaluates() {
     assert_eq!(bundle["mask_mlp.0.weight"].len(), 32 * 64);
     assert_eq!(bundle["mask_mlp.1.weight"].len(), 32 * 32);
     assert!(!bundle.keys().any(|k| k.starts_with("frozen_resnet.")));
+}
+
+#[test]
+fn a_run_configuration_written_before_the_precision_existed_is_f32() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config("folder:/data".into(), Method::Cafe, 1, None);
+    cfg.precision = Precision::Int8;
+    let mut json = serde_json::to_value(&cfg).expect("to json");
+    assert_eq!(json["precision"], "int8");
+    json.as_object_mut().expect("an object").remove("precision");
+    std::fs::write(dir.path().join(run::CONFIG), json.to_string()).expect("write");
+    assert_eq!(
+        run::load_config(dir.path()).expect("loads").precision,
+        Precision::F32
+    );
+}
+
+/// Needs the int8 kernel: fast mode in int8 caches its features beside the f32 ones, not
+/// over them, and a model trained on f32 features evaluates on int8 ones about as well.
+#[test]
+fn fast_mode_in_int8_caches_apart_and_an_f32_model_runs_on_int8_features() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_folder_dataset(&dir.path().join("data"), 12, 6);
+    let spec = format!("folder:{}", dir.path().join("data").display());
+    let fast = FastConfig {
+        views: 2,
+        generator: Default::default(),
+        hidden: Some(vec![32]),
+        cache_dir: dir.path().join("cache"),
+    };
+    let finished = |outcome| match outcome {
+        RunOutcome::Finished(report) => report,
+        RunOutcome::Interrupted { .. } => panic!("not interrupted"),
+    };
+    let cfg = config(spec.clone(), Method::Cafe, 15, Some(fast.clone()));
+    let exact = finished(train(&cfg, &dir.path().join("f32"), None));
+    let mut cfg = config(spec.clone(), Method::Cafe, 1, Some(fast));
+    cfg.precision = Precision::Int8;
+    finished(train(&cfg, &dir.path().join("int8"), None));
+    assert_eq!(
+        run::load_config(&dir.path().join("int8"))
+            .expect("config")
+            .precision,
+        Precision::Int8
+    );
+    let cached: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+        .expect("cache folder")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".safetensors"))
+        .collect();
+    for kind in ["clean-", "views-"] {
+        let files = |int8: bool| {
+            cached
+                .iter()
+                .filter(|n| n.starts_with(kind) && n.contains("-int8-") == int8)
+                .count()
+        };
+        assert_eq!((files(false), files(true)), (1, 1), "{kind}: {cached:?}");
+    }
+
+    let model = ExpressionModel::load(
+        &exact.bundle,
+        Some(&common::tiny_clip()),
+        Precision::Int8,
+        &Device::Cpu,
+    )
+    .expect("an f32 bundle loads with an int8 encoder");
+    let dataset = gfer::data::open(&spec, &Default::default()).expect("data");
+    let test = dataset.split(gfer::data::Split::Test);
+    let (metrics, _) = gfer::eval::evaluate_images(
+        &model,
+        &test,
+        16,
+        &Default::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .expect("evaluate");
+    let held_out = exact
+        .held_out
+        .expect("the test split is evaluated")
+        .accuracy;
+    assert!(
+        (metrics.accuracy - held_out).abs() <= 0.1,
+        "int8 {} vs f32 {held_out}",
+        metrics.accuracy
+    );
 }

@@ -19,6 +19,9 @@ NumPy ``uint8`` array of shape ``(height, width, 3)`` in RGB."""
 _Device = str
 """``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
 
+_Precision = Literal["f32", "bf16", "int8"]
+"""The arithmetic of a frozen encoder's linear layers (``--precision``)."""
+
 class GferError(ValueError):
     """Something given to gfer is wrong or missing: a file, an image, an array, an option,
     a data set, weights. The message says what and where. A subclass of ValueError.
@@ -101,6 +104,9 @@ class Predictor:
             model that reads no frozen feature, ``method="resnet"``).
         device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
             usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
+        precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+            ``"bf16"`` or ``"int8"`` (``gfer predict --precision``; layer norm, softmax and
+            the residuals stay f32; bf16 and int8 run on the CPU only).
         detector: ``"mtcnn"`` (MTCNN, with five landmarks; its weights are read from
             ``assets``, fetched there on first use) or ``"seetaface"`` (SeetaFace's frontal
             detector, built in, boxes only) finds the faces; ``"none"`` takes each image as
@@ -132,6 +138,7 @@ class Predictor:
         detector: Literal["mtcnn", "seetaface", "none"] = "mtcnn",
         batch_size: int = 32,
         *,
+        precision: _Precision = "f32",
         det_threshold: float | None = None,
         align: Literal["landmarks", "none"] = "landmarks",
         assets: _StrPath | None = None,
@@ -198,6 +205,9 @@ class Encoder:
             ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
         device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
             usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
+        precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or
+            ``"int8"`` (``gfer extract --precision``; layer norm, softmax and the residuals
+            stay f32; bf16 and int8 run on the CPU only).
         batch_size: Images per forward pass (``gfer extract --batch-size``).
         max_pixels: Images with more pixels than this are refused.
         progress: Show a progress bar on a terminal when encoding many images.
@@ -215,6 +225,7 @@ class Encoder:
         preprocess: Literal["cafe", "clip"] = "cafe",
         *,
         device: _Device = "auto",
+        precision: _Precision = "f32",
         batch_size: int = 16,
         max_pixels: int = 64000000,
         progress: bool = True,
@@ -247,6 +258,9 @@ class Encoder:
     def fingerprint(self) -> str:
         """The fingerprint of the weights that feature files and model bundles record."""
     @property
+    def precision(self) -> str:
+        """The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or ``"int8"``."""
+    @property
     def input_size(self) -> int:
         """Side of the square input the images are resized to."""
     @property
@@ -264,6 +278,7 @@ def train(
     stop_after_steps: int | None = None,
     backbone: str | None = None,
     weights: _StrPath | None = None,
+    precision: _Precision = "f32",
     preprocess: Literal["cafe", "clip"] = "cafe",
     mask_init: _StrPath | None = None,
     allow_partial: bool = False,
@@ -311,6 +326,9 @@ def train(
         stop_after_steps: Stop (saving, as on Ctrl-C) after this many steps.
         backbone: Frozen encoder architecture; inferred from the weights when ``None``.
         weights: Frozen encoder weights (not needed by ``method="resnet"``).
+        precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+            ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
+            residuals stay f32; bf16 and int8 run on the CPU only).
         preprocess: ``"cafe"`` or ``"clip"``.
         mask_init: ResNet-18 starting weights (MS-Celeb or torchvision).
         allow_partial: Accept a ``mask_init`` with missing or mis-shaped tensors.
@@ -351,6 +369,7 @@ def evaluate(
     data: str | Sequence[str],
     *,
     weights: _StrPath | None = None,
+    precision: _Precision = "f32",
     split: Literal["train", "val", "test"] | None = None,
     batch_size: int = 64,
     max_pixels: int = 64000000,
@@ -365,6 +384,9 @@ def evaluate(
         model: The model bundle written by ``gfer.train``.
         data: A data set spec or a list of them, e.g. ``"rafdb:/data/raf-basic"``.
         weights: The frozen encoder weights the model was trained on.
+        precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+            ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
+            residuals stay f32; bf16 and int8 run on the CPU only).
         split: The split to evaluate, ``"train"``, ``"val"`` or ``"test"`` (default: test,
             or val when there is no test split).
         batch_size: Images per forward pass.
@@ -396,6 +418,7 @@ def protocol(
     reference: Literal["paper"] | None = None,
     backbone: str | None = None,
     weights: _StrPath | None = None,
+    precision: _Precision = "f32",
     preprocess: Literal["cafe", "clip"] = "cafe",
     mask_init: _StrPath | None = None,
     allow_partial: bool = False,

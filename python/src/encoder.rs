@@ -6,7 +6,7 @@ use crate::images::{self, ImageInput};
 use crate::work;
 use candle_core::Device;
 use gfer::backbone::features::encode_images;
-use gfer::backbone::{load_encoder, Backbone};
+use gfer::backbone::{load_encoder, Backbone, Precision};
 use gfer::image::{DecodeLimits, Preprocess, Preset};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2};
@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 ///         ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
 ///     device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
 ///         usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
+///     precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or
+///         ``"int8"`` (``gfer extract --precision``; layer norm, softmax and the residuals
+///         stay f32; bf16 and int8 run on the CPU only).
 ///     batch_size: Images per forward pass (``gfer extract --batch-size``).
 ///     max_pixels: Images with more pixels than this are refused.
 ///     progress: Show a progress bar on a terminal when encoding many images.
@@ -50,8 +53,8 @@ pub struct Encoder {
 impl Encoder {
     #[new]
     #[pyo3(
-        signature = (weights, backbone=None, preprocess="cafe", *, device="auto", batch_size=16, max_pixels=64_000_000, progress=true),
-        text_signature = "(weights, backbone=None, preprocess='cafe', *, device='auto', batch_size=16, max_pixels=64000000, progress=True)"
+        signature = (weights, backbone=None, preprocess="cafe", *, device="auto", precision="f32", batch_size=16, max_pixels=64_000_000, progress=true),
+        text_signature = "(weights, backbone=None, preprocess='cafe', *, device='auto', precision='f32', batch_size=16, max_pixels=64000000, progress=True)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -60,6 +63,7 @@ impl Encoder {
         backbone: Option<&str>,
         preprocess: &str,
         device: &str,
+        precision: &str,
         batch_size: usize,
         max_pixels: u64,
         progress: bool,
@@ -68,12 +72,13 @@ impl Encoder {
             .map(|b| crate::runs::choice("backbone", b))
             .transpose()?;
         let preset: Preset = crate::runs::choice("preprocess", preprocess)?;
+        let precision: Precision = crate::runs::choice("precision", precision)?;
         if batch_size == 0 {
             return Err(crate::errors::bad_input("batch_size must be at least 1"));
         }
         let device = work::device(device)?;
         let encoder = py
-            .detach(|| load_encoder(backbone, &weights, &device))
+            .detach(|| load_encoder(backbone, &weights, &device, precision))
             .or_raise()?;
         Ok(Encoder {
             preprocess: Preprocess::new(preset, encoder.input_size() as u32),
@@ -172,6 +177,12 @@ impl Encoder {
     #[getter]
     fn fingerprint(&self) -> &str {
         self.encoder.fingerprint()
+    }
+
+    /// The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or ``"int8"``.
+    #[getter]
+    fn precision(&self) -> &str {
+        self.encoder.precision().name()
     }
 
     /// Side of the square input the images are resized to.

@@ -4,6 +4,7 @@
 use crate::errors::{bad_input, OrRaise};
 use crate::images::{self, ImageInput};
 use crate::work;
+use gfer::backbone::Precision;
 use gfer::detect::Rect;
 use gfer::detect::{DetectorKind, DetectorOptions, Landmarks};
 use gfer::image::{DecodeLimits, RgbImage};
@@ -27,6 +28,9 @@ use std::sync::Arc;
 ///         model that reads no frozen feature, ``method="resnet"``).
 ///     device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
 ///         usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
+///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+///         ``"bf16"`` or ``"int8"`` (``gfer predict --precision``; layer norm, softmax and
+///         the residuals stay f32; bf16 and int8 run on the CPU only).
 ///     detector: ``"mtcnn"`` (MTCNN, with five landmarks; its weights are read from
 ///         ``assets``, fetched there on first use) or ``"seetaface"`` (SeetaFace's frontal
 ///         detector, built in, boxes only) finds the faces; ``"none"`` takes each image as
@@ -61,8 +65,8 @@ pub struct Predictor {
 impl Predictor {
     #[new]
     #[pyo3(
-        signature = (model, weights=None, device="auto", detector="mtcnn", batch_size=32, *, det_threshold=None, align="landmarks", assets=None, margin=0.2, min_face=48, max_pixels=64_000_000, progress=true),
-        text_signature = "(model, weights=None, device='auto', detector='mtcnn', batch_size=32, *, det_threshold=None, align='landmarks', assets=None, margin=0.2, min_face=48, max_pixels=64000000, progress=True)"
+        signature = (model, weights=None, device="auto", detector="mtcnn", batch_size=32, *, precision="f32", det_threshold=None, align="landmarks", assets=None, margin=0.2, min_face=48, max_pixels=64_000_000, progress=true),
+        text_signature = "(model, weights=None, device='auto', detector='mtcnn', batch_size=32, *, precision='f32', det_threshold=None, align='landmarks', assets=None, margin=0.2, min_face=48, max_pixels=64000000, progress=True)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -72,6 +76,7 @@ impl Predictor {
         device: &str,
         detector: &str,
         batch_size: usize,
+        precision: &str,
         det_threshold: Option<f32>,
         align: &str,
         assets: Option<PathBuf>,
@@ -80,6 +85,7 @@ impl Predictor {
         max_pixels: u64,
         progress: bool,
     ) -> PyResult<Self> {
+        let precision: Precision = crate::runs::choice("precision", precision)?;
         let (detect, kind) = match detector {
             "mtcnn" => (true, DetectorKind::Mtcnn),
             "seetaface" => (true, DetectorKind::Seetaface),
@@ -118,7 +124,13 @@ impl Predictor {
         let device = work::device(device)?;
         let inner = py
             .detach(|| {
-                gfer::predict::Predictor::from_bundle(&model, weights.as_deref(), &device, options)
+                gfer::predict::Predictor::from_bundle(
+                    &model,
+                    weights.as_deref(),
+                    precision,
+                    &device,
+                    options,
+                )
             })
             .or_raise()?;
         Ok(Predictor {

@@ -6,7 +6,7 @@
 
 use crate::errors::{bad_input, OrRaise};
 use crate::work;
-use gfer::backbone::Backbone;
+use gfer::backbone::{Backbone, Precision};
 use gfer::data::{Shard, Split};
 use gfer::eval::evaluate_images;
 use gfer::eval::metrics::Confusion;
@@ -27,7 +27,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-/// A named choice (`method`, `backbone`, `preprocess`, `generator`) parsed as the CLI
+/// A named choice (`method`, `backbone`, `precision`, `preprocess`, `generator`) parsed as the CLI
 /// parses it; a wrong one names the choices.
 pub fn choice<T: serde::de::DeserializeOwned>(option: &str, value: &str) -> PyResult<T> {
     serde_json::from_value(Value::String(value.to_string()))
@@ -87,6 +87,7 @@ fn path_text(path: &Path) -> String {
 struct TrainingFlags {
     backbone: Option<Backbone>,
     weights: Option<PathBuf>,
+    precision: Precision,
     preprocess: Preset,
     mask_init: Option<PathBuf>,
     allow_partial: bool,
@@ -107,6 +108,7 @@ impl TrainingFlags {
             data,
             backbone: self.backbone,
             weights: self.weights.clone(),
+            precision: self.precision,
             preprocess: self.preprocess,
             method,
             cafe: self.cafe.clone(),
@@ -130,7 +132,7 @@ impl TrainingFlags {
 
 /// The options of every training run, shared by `train` and `protocol`'s signatures.
 macro_rules! training_flags {
-    ($backbone:ident, $weights:ident, $preprocess:ident, $mask_init:ident,
+    ($backbone:ident, $weights:ident, $precision:ident, $preprocess:ident, $mask_init:ident,
      $allow_partial:ident, $epochs:ident, $batch_size:ident, $lr:ident,
      $weight_decay:ident, $gamma:ident, $seed:ident, $lambda:ident, $beta:ident,
      $paper_div:ident, $group_max_inference:ident, $unrestricted_mask:ident,
@@ -139,6 +141,7 @@ macro_rules! training_flags {
         TrainingFlags {
             backbone: $backbone.map(|b| choice("backbone", b)).transpose()?,
             weights: $weights,
+            precision: choice("precision", $precision)?,
             preprocess: choice("preprocess", $preprocess)?,
             mask_init: $mask_init,
             allow_partial: $allow_partial,
@@ -192,6 +195,9 @@ macro_rules! training_flags {
 ///     stop_after_steps: Stop (saving, as on Ctrl-C) after this many steps.
 ///     backbone: Frozen encoder architecture; inferred from the weights when ``None``.
 ///     weights: Frozen encoder weights (not needed by ``method="resnet"``).
+///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+///         ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
+///         residuals stay f32; bf16 and int8 run on the CPU only).
 ///     preprocess: ``"cafe"`` or ``"clip"``.
 ///     mask_init: ResNet-18 starting weights (MS-Celeb or torchvision).
 ///     allow_partial: Accept a ``mask_init`` with missing or mis-shaped tensors.
@@ -229,7 +235,8 @@ macro_rules! training_flags {
 #[pyo3(
     signature = (
         data=None, out=None, *, resume=None, cache_only=false, shard=None, method="cafe",
-        stop_after_steps=None, backbone=None, weights=None, preprocess="cafe", mask_init=None,
+        stop_after_steps=None, backbone=None, weights=None, precision="f32", preprocess="cafe",
+        mask_init=None,
         allow_partial=false, epochs=Recipe::default().epochs,
         batch_size=Recipe::default().batch_size, lr=Recipe::default().lr,
         weight_decay=Recipe::default().weight_decay, gamma=Recipe::default().gamma,
@@ -239,7 +246,7 @@ macro_rules! training_flags {
         views=FastConfig::default().views, generator="feature", mlp_hidden=None,
         cache=FastConfig::default().cache_dir, device="auto", progress=true
     ),
-    text_signature = "(data=None, out=None, *, resume=None, cache_only=False, shard=None, method='cafe', stop_after_steps=None, backbone=None, weights=None, preprocess='cafe', mask_init=None, allow_partial=False, epochs=60, batch_size=32, lr=0.0002, weight_decay=0.0001, gamma=0.9, seed=3407, lambda_=1.5, beta=5.0, paper_div=False, group_max_inference=False, unrestricted_mask=False, max_pixels=64000000, fast=False, views=8, generator='feature', mlp_hidden=None, cache='runs/cache', device='auto', progress=True)"
+    text_signature = "(data=None, out=None, *, resume=None, cache_only=False, shard=None, method='cafe', stop_after_steps=None, backbone=None, weights=None, precision='f32', preprocess='cafe', mask_init=None, allow_partial=False, epochs=60, batch_size=32, lr=0.0002, weight_decay=0.0001, gamma=0.9, seed=3407, lambda_=1.5, beta=5.0, paper_div=False, group_max_inference=False, unrestricted_mask=False, max_pixels=64000000, fast=False, views=8, generator='feature', mlp_hidden=None, cache='runs/cache', device='auto', progress=True)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn train<'py>(
@@ -253,6 +260,7 @@ pub fn train<'py>(
     stop_after_steps: Option<usize>,
     backbone: Option<&str>,
     weights: Option<PathBuf>,
+    precision: &str,
     preprocess: &str,
     mask_init: Option<PathBuf>,
     allow_partial: bool,
@@ -279,6 +287,7 @@ pub fn train<'py>(
     let flags = training_flags!(
         backbone,
         weights,
+        precision,
         preprocess,
         mask_init,
         allow_partial,
@@ -478,6 +487,9 @@ fn build_cache<'py>(
 ///     model: The model bundle written by ``gfer.train``.
 ///     data: A data set spec or a list of them, e.g. ``"rafdb:/data/raf-basic"``.
 ///     weights: The frozen encoder weights the model was trained on.
+///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
+///         ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
+///         residuals stay f32; bf16 and int8 run on the CPU only).
 ///     split: The split to evaluate, ``"train"``, ``"val"`` or ``"test"`` (default: test,
 ///         or val when there is no test split).
 ///     batch_size: Images per forward pass.
@@ -498,8 +510,8 @@ fn build_cache<'py>(
 ///     KeyboardInterrupt: Ctrl-C; the evaluation stopped after its current batch.
 #[pyfunction]
 #[pyo3(
-    signature = (model, data, *, weights=None, split=None, batch_size=64, max_pixels=DecodeLimits::DEFAULT_MAX_PIXELS, device="auto", progress=true),
-    text_signature = "(model, data, *, weights=None, split=None, batch_size=64, max_pixels=64000000, device='auto', progress=True)"
+    signature = (model, data, *, weights=None, precision="f32", split=None, batch_size=64, max_pixels=DecodeLimits::DEFAULT_MAX_PIXELS, device="auto", progress=true),
+    text_signature = "(model, data, *, weights=None, precision='f32', split=None, batch_size=64, max_pixels=64000000, device='auto', progress=True)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<'py>(
@@ -507,12 +519,14 @@ pub fn evaluate<'py>(
     model: PathBuf,
     data: &Bound<'py, PyAny>,
     weights: Option<PathBuf>,
+    precision: &str,
     split: Option<&str>,
     batch_size: usize,
     max_pixels: u64,
     device: &str,
     progress: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let precision: Precision = choice("precision", precision)?;
     let specs = strings("data", data, false)?;
     if specs.is_empty() {
         return Err(bad_input("evaluate: data names no data set"));
@@ -535,7 +549,7 @@ pub fn evaluate<'py>(
         &bar,
         "interrupted: stopping after the current batch",
         || -> gfer::Result<Option<Vec<Evaluated>>> {
-            let model = ExpressionModel::load(&model, weights.as_deref(), &device)?;
+            let model = ExpressionModel::load(&model, weights.as_deref(), precision, &device)?;
             let mut results = Vec::new();
             for spec in &specs {
                 let dataset = gfer::data::open(spec, &Default::default())?;
@@ -651,7 +665,8 @@ type Evaluated = (String, Split, gfer::eval::metrics::Metrics, usize);
 #[pyo3(
     signature = (
         source=None, target=None, *, method=None, out=None, cell=None, merge=None,
-        reference=None, backbone=None, weights=None, preprocess="cafe", mask_init=None,
+        reference=None, backbone=None, weights=None, precision="f32", preprocess="cafe",
+        mask_init=None,
         allow_partial=false, epochs=Recipe::default().epochs,
         batch_size=Recipe::default().batch_size, lr=Recipe::default().lr,
         weight_decay=Recipe::default().weight_decay, gamma=Recipe::default().gamma,
@@ -661,7 +676,7 @@ type Evaluated = (String, Split, gfer::eval::metrics::Metrics, usize);
         views=FastConfig::default().views, generator="feature", mlp_hidden=None,
         cache=FastConfig::default().cache_dir, device="auto", progress=true
     ),
-    text_signature = "(source=None, target=None, *, method='cafe', out=None, cell=None, merge=None, reference=None, backbone=None, weights=None, preprocess='cafe', mask_init=None, allow_partial=False, epochs=60, batch_size=32, lr=0.0002, weight_decay=0.0001, gamma=0.9, seed=3407, lambda_=1.5, beta=5.0, paper_div=False, group_max_inference=False, unrestricted_mask=False, max_pixels=64000000, fast=False, views=8, generator='feature', mlp_hidden=None, cache='runs/cache', device='auto', progress=True)"
+    text_signature = "(source=None, target=None, *, method='cafe', out=None, cell=None, merge=None, reference=None, backbone=None, weights=None, precision='f32', preprocess='cafe', mask_init=None, allow_partial=False, epochs=60, batch_size=32, lr=0.0002, weight_decay=0.0001, gamma=0.9, seed=3407, lambda_=1.5, beta=5.0, paper_div=False, group_max_inference=False, unrestricted_mask=False, max_pixels=64000000, fast=False, views=8, generator='feature', mlp_hidden=None, cache='runs/cache', device='auto', progress=True)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn protocol<'py>(
@@ -675,6 +690,7 @@ pub fn protocol<'py>(
     reference: Option<&str>,
     backbone: Option<&str>,
     weights: Option<PathBuf>,
+    precision: &str,
     preprocess: &str,
     mask_init: Option<PathBuf>,
     allow_partial: bool,
@@ -701,6 +717,7 @@ pub fn protocol<'py>(
     let flags = training_flags!(
         backbone,
         weights,
+        precision,
         preprocess,
         mask_init,
         allow_partial,

@@ -1,14 +1,14 @@
 //! Frozen-encoder features of a set of images, stored as one safetensors file: tensor
 //! `features` [N,D] f32, and in the metadata the image paths in row order, their content
-//! hashes, labels when known, the backbone, its weights fingerprint, the preprocessing
-//! and the gfer version. Extraction is batched, resumable (rows whose content hash is
+//! hashes, labels when known, the backbone, its weights fingerprint, the encoder's
+//! precision (files without one are f32), the preprocessing and the gfer version. Extraction is batched, resumable (rows whose content hash is
 //! already in the file are not encoded again) and safe to interrupt.
 //!
 //! A job array shares the work out: task K of N writes the rows of every N-th image from
 //! the K-th to its own file ([`shard_path`]); the same extraction without a shard then
 //! gathers those rows into the one file, in the images' order, encoding nothing again.
 
-use crate::backbone::Encoder;
+use crate::backbone::{Encoder, Precision};
 use crate::data::{ImageSource, Sample, Shard};
 use crate::error::{Error, Result};
 use crate::formats::tensorfile;
@@ -21,13 +21,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The identity of the features in a file: rows from another encoder, other weights or
-/// other preprocessing are never mixed in.
+/// The identity of the features in a file: rows from another encoder, other weights,
+/// another precision or other preprocessing are never mixed in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeatureKey {
     pub backbone: String,
     pub fingerprint: String,
+    pub precision: Precision,
     pub preprocess: Preprocess,
+}
+
+impl std::fmt::Display for FeatureKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (weights {}, precision {}, {:?})",
+            self.backbone,
+            self.fingerprint,
+            self.precision.name(),
+            self.preprocess
+        )
+    }
 }
 
 /// One image's row.
@@ -106,6 +120,10 @@ impl FeatureSet {
                 self.key.fingerprint.clone(),
             ),
             (
+                "precision".to_string(),
+                self.key.precision.name().to_string(),
+            ),
+            (
                 "preprocess".to_string(),
                 serde_json::to_string(&self.key.preprocess)
                     .map_err(|e| Error::config(e.to_string()))?,
@@ -140,6 +158,12 @@ impl FeatureSet {
             .map_err(|e| bad(format!("metadata labels: {e}")))?;
         let preprocess: Preprocess = serde_json::from_str(field("preprocess")?)
             .map_err(|e| bad(format!("metadata preprocess: {e}")))?;
+        // Files written before the precision was recorded hold f32 features.
+        let precision = match file.metadata.get("precision") {
+            None => Precision::F32,
+            Some(name) => serde_json::from_value(serde_json::Value::String(name.clone()))
+                .map_err(|e| bad(format!("metadata precision: {e}")))?,
+        };
         let features = file
             .tensors
             .get("features")
@@ -172,6 +196,7 @@ impl FeatureSet {
             key: FeatureKey {
                 backbone: field("backbone")?.clone(),
                 fingerprint: field("weights_fingerprint")?.clone(),
+                precision,
                 preprocess,
             },
             dim,
@@ -194,15 +219,10 @@ impl FeatureSet {
         let set = FeatureSet::load(out)?;
         if set.key != key {
             return Err(Error::config(format!(
-                "{} holds features of {} (weights {}, {:?}); this run uses {} (weights {}, {:?}): \
-                 choose another --out or delete the file",
+                "{} holds features of {}; this run uses {key}: choose another --out or delete \
+                 the file",
                 out.display(),
-                set.key.backbone,
-                set.key.fingerprint,
-                set.key.preprocess,
-                key.backbone,
-                key.fingerprint,
-                key.preprocess
+                set.key,
             )));
         }
         Ok(set)
@@ -264,6 +284,7 @@ pub fn extract(
     let key = FeatureKey {
         backbone: encoder.id().to_string(),
         fingerprint: encoder.fingerprint().to_string(),
+        precision: encoder.precision(),
         preprocess,
     };
     let mut set = FeatureSet::open_or_new(out, key, encoder.dim())?;
@@ -397,7 +418,7 @@ fn shard_rows(out: &Path, key: &FeatureKey) -> Result<HashMap<String, Vec<f32>>>
         }
         let shard = FeatureSet::load(&entry.path())?;
         if &shard.key != key {
-            tracing::warn!("{name}: features of another encoder or preprocessing; not gathered");
+            tracing::warn!("{name}: features of {}, not {key}; not gathered", shard.key);
             continue;
         }
         for (row, values) in shard.rows.iter().zip(shard.values.chunks_exact(shard.dim)) {
@@ -405,4 +426,67 @@ fn shard_rows(out: &Path, key: &FeatureKey) -> Result<HashMap<String, Vec<f32>>>
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Preset;
+
+    fn key(precision: Precision) -> FeatureKey {
+        FeatureKey {
+            backbone: "clip-vit-b32".into(),
+            fingerprint: "0123456789abcdef".into(),
+            precision,
+            preprocess: Preprocess::new(Preset::Cafe, 224),
+        }
+    }
+
+    fn one_row(precision: Precision) -> FeatureSet {
+        FeatureSet {
+            key: key(precision),
+            dim: 2,
+            rows: vec![Row {
+                path: "a.png".into(),
+                hash: "aa".into(),
+                label: None,
+            }],
+            values: vec![1.0, 2.0],
+        }
+    }
+
+    #[test]
+    fn the_file_records_the_precision_and_one_without_it_is_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        one_row(Precision::Int8).save(&path).unwrap();
+        let file = tensorfile::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(file.metadata["precision"], "int8");
+        assert_eq!(FeatureSet::load(&path).unwrap().key, key(Precision::Int8));
+
+        // A file written before the precision was recorded.
+        let mut old = file.metadata.clone();
+        old.remove("precision");
+        tensorfile::save(&path, &file.tensors, &old).unwrap();
+        assert_eq!(FeatureSet::load(&path).unwrap().key, key(Precision::F32));
+    }
+
+    #[test]
+    fn features_of_another_precision_are_not_mixed_in_and_both_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        one_row(Precision::F32).save(&path).unwrap();
+        let same = FeatureSet::open_or_new(&path, key(Precision::F32), 2).unwrap();
+        assert_eq!(same.len(), 1);
+        let error = match FeatureSet::open_or_new(&path, key(Precision::Int8), 2) {
+            Ok(_) => panic!("int8 features were added to a file of f32 ones"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("precision f32")
+                && error.contains("this run uses")
+                && error.contains("precision int8"),
+            "{error}"
+        );
+    }
 }

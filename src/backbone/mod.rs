@@ -9,10 +9,11 @@ pub mod clip;
 pub mod dinov2;
 pub mod features;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
+pub use crate::kernels::Precision;
 pub use clip::{ClipConfig, ClipVisionEncoder};
 
 /// A frozen image encoder: preprocessed pixels in, one feature vector per image out.
@@ -26,6 +27,9 @@ pub trait Encoder: Send + Sync {
     /// Fingerprint of the frozen weights (see [`fingerprint_tensors`]); caches and model
     /// bundles record it so features of different weights are never mixed.
     fn fingerprint(&self) -> &str;
+    /// The arithmetic of the transformer blocks' linear layers. Not part of the
+    /// fingerprint: a model trained on f32 features may be run on int8 ones.
+    fn precision(&self) -> Precision;
     /// `[B,3,S,S]` preprocessed pixels -> `[B,D]` f32 features.
     fn encode(&self, pixels: &Tensor) -> Result<Tensor>;
     /// Number of transformer blocks: the layers [`Encoder::encode_with_tokens`] accepts
@@ -43,7 +47,7 @@ pub trait Encoder: Send + Sync {
 /// The error for a block number outside `1..=layers`.
 pub(crate) fn check_layer(encoder: &dyn Encoder, layer: usize) -> Result<()> {
     if layer == 0 || layer > encoder.layers() {
-        return Err(crate::error::Error::config(format!(
+        return Err(Error::config(format!(
             "{} has blocks 1..={}; there is no block {layer} to take tokens from",
             encoder.id(),
             encoder.layers()
@@ -111,20 +115,28 @@ impl Backbone {
     }
 }
 
-/// Loads the encoder in `weights`. With `backbone` given, the file must hold exactly that
-/// architecture (every tensor is checked against it); with `None` the architecture is
-/// inferred from the tensor names and shapes.
+/// Loads the encoder in `weights`, its blocks' linear layers in `precision`. With
+/// `backbone` given, the file must hold exactly that architecture (every tensor is checked
+/// against it); with `None` the architecture is inferred from the tensor names and shapes.
 pub fn load_encoder(
     backbone: Option<Backbone>,
     weights: &Path,
     device: &Device,
+    precision: Precision,
 ) -> Result<Box<dyn Encoder>> {
+    let dinov2 = || {
+        let options = dinov2::Dinov2Options {
+            precision,
+            ..Default::default()
+        };
+        dinov2::Dinov2Encoder::load_with(weights, device, options)
+    };
     let encoder: Box<dyn Encoder> = match backbone {
-        Some(Backbone::Dinov2) => Box::new(dinov2::Dinov2Encoder::load(weights, device)?),
-        None if looks_like_dinov2(weights) => {
-            Box::new(dinov2::Dinov2Encoder::load(weights, device)?)
-        }
-        None => Box::new(ClipVisionEncoder::load(weights, device)?),
+        Some(Backbone::Dinov2) => Box::new(dinov2()?),
+        None if looks_like_dinov2(weights) => Box::new(dinov2()?),
+        None => Box::new(ClipVisionEncoder::load_with(
+            weights, None, device, precision,
+        )?),
         Some(
             clip @ (Backbone::ClipVitB32
             | Backbone::ClipVitB16
@@ -136,10 +148,24 @@ pub fn load_encoder(
                 weights,
                 Some(&config),
                 device,
+                precision,
             )?)
         }
     };
     Ok(encoder)
+}
+
+/// The error for a quantized encoder off the CPU (`on_cpu`: whether its device is the
+/// CPU): the bf16 and int8 kernels are the CPU's.
+pub(crate) fn check_precision_device(precision: Precision, on_cpu: bool) -> Result<()> {
+    if precision == Precision::F32 || on_cpu {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "--precision {}: the quantized encoders run on the CPU, not on the GPU; use \
+         --precision f32 or --device cpu",
+        precision.name()
+    )))
 }
 
 /// Whether a safetensors file holds DINOv2 tensors (HF `embeddings.patch_embeddings`,
@@ -176,4 +202,25 @@ pub fn fingerprint_tensors<'a>(
         hasher.update(&bytes);
     }
     Ok(hasher.finalize().to_hex()[..16].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantized_encoder_off_the_cpu_is_refused_saying_what_to_do() {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            assert!(check_precision_device(precision, true).is_ok());
+        }
+        assert!(check_precision_device(Precision::F32, false).is_ok());
+        let error = check_precision_device(Precision::Int8, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--precision int8: the quantized encoders run on the CPU")
+                && error.contains("use --precision f32 or --device cpu"),
+            "{error}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder};
+use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder, Precision};
 use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::experiments::bench;
 use gfer::experiments::bench::parity;
@@ -154,8 +154,9 @@ pub struct EncodeArgs {
     /// `embeds` [B,D]; prints gfer's maximum relative difference from them.
     #[arg(long, requires = "weights")]
     pub reference: Option<PathBuf>,
-    /// With --weights: also run the encoder on the CPU on the same random pixels and print
-    /// the largest relative difference of --device's embeddings from the CPU's.
+    /// With --weights: also run the encoder on the CPU in f32 on the same random pixels and
+    /// print the largest relative difference of --device's embeddings (in --precision)
+    /// from the CPU's.
     #[arg(long, requires = "weights")]
     pub compare_cpu: bool,
     /// Print one JSON object per measurement instead of a table.
@@ -163,6 +164,8 @@ pub struct EncodeArgs {
     pub json: bool,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
     /// The matrix kernel: auto (the one measured fastest on this kind of CPU), avx2 or
     /// avx512 (gfer's own) or gemm (the gemm crate). Default: GFER_MATMUL, else auto.
     #[arg(long, value_parser = parse_kernel)]
@@ -298,12 +301,13 @@ fn measure_extraction(
 ) -> anyhow::Result<f64> {
     let device = device.clone();
     let encoder: Box<dyn Encoder> = match &args.weights {
-        Some(path) => load_encoder(None, path, &device)
+        Some(path) => load_encoder(None, path, &device, Precision::F32)
             .with_context(|| format!("loading {}", path.display()))?,
         None => Box::new(ClipVisionEncoder::random(
             &ClipConfig::of_backbone(args.backbone)?,
             0,
             &device,
+            Precision::F32,
         )?),
     };
     let seconds = Duration::from_secs_f64(args.extract_seconds);
@@ -405,6 +409,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         "gfer": env!("CARGO_PKG_VERSION"),
         "device": device_name(&device),
         "dtype": "f32",
+        "precision": args.precision.precision.name(),
         "cores": cores,
         "cpu": cpu_description(),
         "kernel": gfer::kernels::matmul_kernel().name(),
@@ -474,8 +479,9 @@ fn encoders_to_measure(
     args: &EncodeArgs,
     device: &candle_core::Device,
 ) -> anyhow::Result<Vec<Box<dyn Encoder>>> {
+    let precision = args.precision.precision;
     if let Some(path) = &args.weights {
-        let encoder = load_encoder(None, path, device)
+        let encoder = load_encoder(None, path, device, precision)
             .with_context(|| format!("loading {}", path.display()))?;
         return Ok(vec![encoder]);
     }
@@ -494,7 +500,9 @@ fn encoders_to_measure(
         .map(|b| -> anyhow::Result<Box<dyn Encoder>> {
             tracing::info!("building {} with random weights", b.id());
             let config = ClipConfig::of_backbone(b)?;
-            Ok(Box::new(ClipVisionEncoder::random(&config, 0, device)?))
+            Ok(Box::new(ClipVisionEncoder::random(
+                &config, 0, device, precision,
+            )?))
         })
         .collect()
 }
@@ -533,8 +541,9 @@ fn compare_with_reference(
     Ok(())
 }
 
-/// Prints the largest relative difference of the encoder's embeddings on `device` from the
-/// same weights' on the CPU, for one batch of random pixels (`max |device - cpu| / max |cpu|`).
+/// Prints the largest relative difference of the encoder's embeddings on `device` (in its
+/// precision) from the same weights' on the CPU in f32, for one batch of random pixels
+/// (`max |device - cpu| / max |cpu|`).
 fn compare_with_cpu(
     encoder: &dyn Encoder,
     weights: &std::path::Path,
@@ -543,7 +552,7 @@ fn compare_with_cpu(
     device: &candle_core::Device,
 ) -> anyhow::Result<()> {
     let cpu = candle_core::Device::Cpu;
-    let on_cpu = load_encoder(None, weights, &cpu)
+    let on_cpu = load_encoder(None, weights, &cpu, Precision::F32)
         .with_context(|| format!("loading {} on the CPU", weights.display()))?;
     let pixels = bench::random_pixels(encoder, batch, 7, &cpu)?;
     let expected = on_cpu.encode(&pixels)?;

@@ -1,6 +1,8 @@
-//! Pieces several subcommands share: device choice, input resolution, Ctrl-C, progress.
+//! Pieces several subcommands share: device choice, encoder precision, input resolution,
+//! Ctrl-C, progress.
 
 use anyhow::Context;
+use gfer::backbone::Precision;
 use gfer::data::ImageSource;
 use gfer::device::DeviceChoice;
 use gfer::Expression;
@@ -28,6 +30,19 @@ impl DeviceArgs {
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
     text.parse().map_err(|e: gfer::Error| e.to_string())
+}
+
+/// `--precision`, the same flag on every subcommand that runs a frozen encoder.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct PrecisionArgs {
+    /// The arithmetic of the frozen encoder's linear layers (attention's query/key/value
+    /// and output, both MLP layers of every block): f32; bf16 (weights and inputs rounded
+    /// to bfloat16, products summed in f32); int8 (weights quantized per output channel
+    /// at load, inputs per row, integer products rescaled to f32). Layer norm, softmax,
+    /// attention, the residuals and the patch embedding stay f32. bf16 and int8 run on
+    /// the CPU only. A model trained on f32 features may be run with either.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// One image named on the command line, with its label when it came from a data set.
@@ -126,6 +141,8 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         device: DeviceArgs,
+        #[command(flatten)]
+        precision: PrecisionArgs,
     }
 
     fn parse(args: &[&str]) -> Result<Option<DeviceChoice>, clap::Error> {
@@ -150,6 +167,24 @@ mod tests {
         );
         let error = parse(&["--device", "tpu"]).unwrap_err().to_string();
         assert!(error.contains("expected cpu, cuda"), "{error}");
+    }
+
+    #[test]
+    fn the_precision_flag_parses_its_three_names_and_defaults_to_f32() {
+        let parse = |args: &[&str]| {
+            let args = std::iter::once("gfer").chain(args.iter().copied());
+            Cli::try_parse_from(args).map(|cli| cli.precision.precision)
+        };
+        assert_eq!(parse(&[]).unwrap(), Precision::F32);
+        assert_eq!(parse(&["--precision", "f32"]).unwrap(), Precision::F32);
+        assert_eq!(parse(&["--precision", "bf16"]).unwrap(), Precision::Bf16);
+        assert_eq!(parse(&["--precision=int8"]).unwrap(), Precision::Int8);
+        let error = parse(&["--precision", "fp16"]).unwrap_err().to_string();
+        assert!(
+            error.contains("invalid value 'fp16' for '--precision <PRECISION>'")
+                && error.contains("[possible values: f32, bf16, int8]"),
+            "{error}"
+        );
     }
 
     #[test]

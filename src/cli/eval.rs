@@ -37,12 +37,19 @@ pub struct EvalArgs {
     max_pixels: u64,
     #[command(flatten)]
     device: super::DeviceArgs,
+    #[command(flatten)]
+    precision: super::PrecisionArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.device.device()?;
-    let model = ExpressionModel::load(&args.model, args.weights.as_deref(), &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = ExpressionModel::load(
+        &args.model,
+        args.weights.as_deref(),
+        args.precision.precision,
+        &device,
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let limits = DecodeLimits {
         max_pixels: args.max_pixels,
     };

@@ -15,7 +15,7 @@ use std::time::Duration;
     about = "Extract frozen encoder features of images to a safetensors file",
     long_about = "Encodes every input image with a frozen encoder and writes tensor `features` \
 [N,D] with the image paths, content hashes, labels (for data sets), backbone, weights \
-fingerprint and preprocessing in the metadata. Rerunning with the same --out skips images \
+fingerprint, precision and preprocessing in the metadata. Rerunning with the same --out skips images \
 already there (by content hash); Ctrl-C finishes the current batch and saves. Unreadable \
 images are reported and skipped.
 
@@ -54,12 +54,19 @@ pub struct ExtractArgs {
     inputs: Vec<String>,
     #[command(flatten)]
     device: super::DeviceArgs,
+    #[command(flatten)]
+    precision: super::PrecisionArgs,
 }
 
 pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
     let device = args.device.device()?;
-    let encoder = load_encoder(args.backbone, &args.weights, &device)
-        .with_context(|| format!("loading encoder weights {}", args.weights.display()))?;
+    let encoder = load_encoder(
+        args.backbone,
+        &args.weights,
+        &device,
+        args.precision.precision,
+    )
+    .with_context(|| format!("loading encoder weights {}", args.weights.display()))?;
     let preprocess = Preprocess::new(args.preprocess, encoder.input_size() as u32);
     let items: Vec<ExtractItem> = super::resolve_inputs(&args.inputs)?
         .into_iter()
@@ -74,11 +81,12 @@ pub fn run(args: ExtractArgs) -> anyhow::Result<()> {
         None => (items, args.out.clone()),
     };
     eprintln!(
-        "extracting {} images with {} (D={}, weights {}), preprocessing {}, batch {}",
+        "extracting {} images with {} (D={}, weights {}, precision {}), preprocessing {}, batch {}",
         items.len(),
         encoder.id(),
         encoder.dim(),
         encoder.fingerprint(),
+        encoder.precision().name(),
         args.preprocess,
         args.batch_size
     );

@@ -25,6 +25,8 @@ pub struct ModelArgs {
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
 }
 
 /// How faces are found and batched.
@@ -141,8 +143,14 @@ fn parse_format(text: &str) -> Result<OutputFormat, String> {
 /// and `serve` load it.
 pub fn load_predictor(model: &ModelArgs, options: PredictOptions) -> anyhow::Result<Predictor> {
     let device = model.device.device()?;
-    Predictor::from_bundle(&model.model, model.weights.as_deref(), &device, options)
-        .with_context(|| format!("loading {}", model.model.display()))
+    Predictor::from_bundle(
+        &model.model,
+        model.weights.as_deref(),
+        model.precision.precision,
+        &device,
+        options,
+    )
+    .with_context(|| format!("loading {}", model.model.display()))
 }
 
 /// Each video's frames, as records with their frame and time; a video that fails is

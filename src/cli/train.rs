@@ -64,6 +64,8 @@ pub struct TrainingFlags {
     /// Frozen encoder weights (not needed by --method resnet).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub precision: super::PrecisionArgs,
     #[arg(long, value_enum, default_value = "cafe")]
     pub preprocess: Preset,
     /// ResNet-18 starting weights: MS-Celeb `resnet18_msceleb.pth` or a torchvision state dict.
@@ -142,6 +144,7 @@ impl TrainingFlags {
             data,
             backbone: self.backbone,
             weights: self.weights.clone(),
+            precision: self.precision.precision,
             preprocess: self.preprocess,
             method,
             cafe: CafeConfig {

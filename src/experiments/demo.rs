@@ -4,6 +4,7 @@
 //! are unseen domains. These are stand-ins: the numbers say nothing about the paper's
 //! benchmark.
 
+use crate::backbone::Precision;
 use crate::detect::{DetectorKind, DetectorOptions};
 use crate::error::{Error, Result};
 use crate::eval::table::AccuracyTable;
@@ -160,7 +161,8 @@ pub fn run(
         align: options.align,
         ..PredictOptions::default()
     };
-    let predictor = Predictor::from_bundle(&bundle, Some(&encoder), device, predict)?;
+    let predictor =
+        Predictor::from_bundle(&bundle, Some(&encoder), Precision::F32, device, predict)?;
     let predictions = PHOTOS
         .iter()
         .map(|photo| {
@@ -223,6 +225,7 @@ fn protocol_config(
             data: String::new(),
             backbone: None,
             weights: Some(encoder.to_path_buf()),
+            precision: Precision::F32,
             preprocess: Preset::Cafe,
             method: Method::Cafe,
             cafe: CafeConfig::default(),

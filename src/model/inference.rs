@@ -1,7 +1,7 @@
 //! A trained model ready to use: the bundle's classifier with the frozen encoder it was
 //! trained on. `eval`, `predict` and `serve` all go through [`ExpressionModel`].
 
-use crate::backbone::{load_encoder, Encoder};
+use crate::backbone::{load_encoder, Encoder, Precision};
 use crate::error::{Error, Result};
 use crate::image::{Preprocess, RgbImage};
 use crate::model::bundle::{Bundle, BundleMeta};
@@ -19,9 +19,15 @@ pub struct ExpressionModel {
 
 impl ExpressionModel {
     /// Loads a bundle and the encoder weights it was trained on (`weights` may be `None`
-    /// only for a model that reads no frozen feature, the plain ResNet). A bundle whose
-    /// encoder does not match the weights is refused, saying which.
-    pub fn load(bundle_path: &Path, weights: Option<&Path>, device: &Device) -> Result<Self> {
+    /// only for a model that reads no frozen feature, the plain ResNet), the encoder in
+    /// `precision` (whatever precision the model was trained with: only the weights must
+    /// match). A bundle whose encoder does not match the weights is refused, saying which.
+    pub fn load(
+        bundle_path: &Path,
+        weights: Option<&Path>,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self> {
         let bundle = Bundle::load(bundle_path, device)?;
         let spec: ModelSpec =
             serde_json::from_value(bundle.meta.model.clone()).map_err(|e| Error::Bundle {
@@ -43,7 +49,7 @@ impl ExpressionModel {
                     bundle.meta.backbone
                 ),
             })?;
-            let encoder = load_encoder(None, weights, device)?;
+            let encoder = load_encoder(None, weights, device, precision)?;
             bundle.check_encoder(encoder.as_ref())?;
             Some(encoder)
         } else {

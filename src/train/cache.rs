@@ -8,6 +8,10 @@
 //! - `clean-<encoder fingerprint>-<preprocess>.safetensors`: `features` [N,D].
 //! - `views-<encoder fingerprint>-<preprocess>-seed<S>-k<K>.safetensors`: `features` [N,K,D].
 //!
+//! An encoder whose linear layers are not f32 (`--precision bf16|int8`) has its precision
+//! after the fingerprint (`clean-<encoder fingerprint>-int8-<preprocess>`), so that its
+//! features never mix with f32 ones, and f32 caches keep the names they always had.
+//!
 //! When the mask generator reads something other than F, that input has files of its own,
 //! the same views of the same images, keyed additionally by what it depends on:
 //! - `resnet18` (pooled features of a frozen ResNet-18): `clean-resnet18-<ResNet
@@ -33,7 +37,7 @@
 //! write lock, reading the file as it is at that moment, so no task's rows are lost (see
 //! [`FileLock`] for the locks and what a killed task leaves).
 
-use crate::backbone::Encoder;
+use crate::backbone::{Encoder, Precision};
 use crate::data::ImageSource;
 use crate::error::{Error, Result};
 use crate::formats::{tensorfile, FileLock};
@@ -175,8 +179,12 @@ impl CacheKey<'_> {
     }
 
     fn encoder_tag(&self) -> String {
+        let precision = match self.encoder.precision() {
+            Precision::F32 => String::new(),
+            other => format!("-{}", other.name()),
+        };
         format!(
-            "{}-{}-{}",
+            "{}-{}{precision}-{}",
             self.encoder.id(),
             self.encoder.fingerprint(),
             self.preprocess_tag()
@@ -241,6 +249,10 @@ impl CacheKey<'_> {
             (
                 "weights_fingerprint".to_string(),
                 self.encoder.fingerprint().to_string(),
+            ),
+            (
+                "precision".to_string(),
+                self.encoder.precision().name().to_string(),
             ),
             ("seed".to_string(), self.seed.to_string()),
         ]);
@@ -733,4 +745,86 @@ pub fn build_clean(
 ) -> Result<(BuildCount, Option<BuildCount>)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     build_files(key, false, dir, images, stop, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Preset;
+
+    /// An encoder that is only a name, a fingerprint and a precision.
+    struct Named(Precision);
+
+    impl Encoder for Named {
+        fn id(&self) -> &str {
+            "clip-vit-b32"
+        }
+        fn dim(&self) -> usize {
+            512
+        }
+        fn input_size(&self) -> usize {
+            224
+        }
+        fn fingerprint(&self) -> &str {
+            "0123456789abcdef"
+        }
+        fn precision(&self) -> Precision {
+            self.0
+        }
+        fn encode(&self, _: &Tensor) -> Result<Tensor> {
+            unreachable!("the key never encodes")
+        }
+        fn layers(&self) -> usize {
+            12
+        }
+        fn token_dim(&self) -> usize {
+            768
+        }
+        fn encode_with_tokens(&self, _: &Tensor, _: usize) -> Result<(Tensor, Tensor)> {
+            unreachable!("the key never encodes")
+        }
+    }
+
+    fn names(precision: Precision) -> [String; 4] {
+        let encoder = Named(precision);
+        let key = CacheKey {
+            encoder: &encoder,
+            preprocess: Preprocess::new(Preset::Cafe, 224),
+            seed: 3407,
+            views: 8,
+            mask: Some(MaskSource::Tokens(6)),
+        };
+        let dir = Path::new("cache");
+        [
+            key.clean_path(dir),
+            key.views_path(dir),
+            key.mask_clean_path(dir).unwrap(),
+            key.mask_views_path(dir).unwrap(),
+        ]
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn f32_caches_keep_their_names_and_quantized_ones_are_named_apart() {
+        // The names f32 caches had before the precision existed: they are still found.
+        assert_eq!(
+            names(Precision::F32),
+            [
+                "clean-clip-vit-b32-0123456789abcdef-cafe224.safetensors",
+                "views-clip-vit-b32-0123456789abcdef-cafe224-seed3407-k8.safetensors",
+                "clean-clip-vit-b32-0123456789abcdef-cafe224-tokens6.safetensors",
+                "views-clip-vit-b32-0123456789abcdef-cafe224-tokens6-seed3407-k8.safetensors",
+            ]
+        );
+        assert_eq!(
+            names(Precision::Int8),
+            [
+                "clean-clip-vit-b32-0123456789abcdef-int8-cafe224.safetensors",
+                "views-clip-vit-b32-0123456789abcdef-int8-cafe224-seed3407-k8.safetensors",
+                "clean-clip-vit-b32-0123456789abcdef-int8-cafe224-tokens6.safetensors",
+                "views-clip-vit-b32-0123456789abcdef-int8-cafe224-tokens6-seed3407-k8.safetensors",
+            ]
+        );
+        assert_ne!(names(Precision::Bf16), names(Precision::Int8));
+    }
 }

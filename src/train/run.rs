@@ -3,7 +3,7 @@
 //! model, write the run folder's metadata, train (on pixels, or in fast mode on the
 //! feature cache), and write the report. `gfer train` and `gfer protocol` both call it.
 
-use crate::backbone::{check_layer, load_encoder, Backbone, Encoder};
+use crate::backbone::{check_layer, load_encoder, Backbone, Encoder, Precision};
 use crate::data::{
     self, samples_fingerprint, usable_samples, Dataset, Sample, Shard, Split, Usable,
 };
@@ -34,6 +34,10 @@ pub struct TrainConfig {
     pub data: String,
     pub backbone: Option<Backbone>,
     pub weights: Option<PathBuf>,
+    /// The arithmetic of the frozen encoder's linear layers (runs written before it was
+    /// recorded were f32).
+    #[serde(default)]
+    pub precision: Precision,
     pub preprocess: Preset,
     pub method: Method,
     pub cafe: CafeConfig,
@@ -239,7 +243,12 @@ fn frozen_encoder(cfg: &TrainConfig, device: &Device) -> Result<Option<Box<dyn E
             cfg.method.name()
         ))
     })?;
-    Ok(Some(load_encoder(cfg.backbone, weights, device)?))
+    Ok(Some(load_encoder(
+        cfg.backbone,
+        weights,
+        device,
+        cfg.precision,
+    )?))
 }
 
 /// The model the configuration describes: its ResNet-18 (the mask generator, or the

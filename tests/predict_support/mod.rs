@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
+use gfer::backbone::Precision;
 use gfer::predict::FaceClassifier;
 use image::{Rgb, RgbImage};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -197,6 +198,7 @@ pub fn tiny_bundle() -> &'static (std::path::PathBuf, std::path::PathBuf) {
             data: format!("folder:{}", dir.join("data").display()),
             backbone: None,
             weights: Some(crate::common::tiny_clip()),
+            precision: Precision::F32,
             preprocess: gfer::image::Preset::Cafe,
             method: gfer::model::classifier::Method::Cafe,
             cafe: gfer::model::CafeConfig::default(),

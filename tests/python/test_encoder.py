@@ -38,6 +38,28 @@ def test_the_encoder_says_what_it_is(encoder, tiny_clip):
     assert gfer.Encoder(tiny_clip, preprocess="clip").preprocess == "clip"
 
 
+def test_the_precision_is_a_keyword_and_a_wrong_one_names_the_choices(encoder, tiny_clip):
+    assert encoder.precision == "f32"
+    assert gfer.Encoder(tiny_clip, precision="f32").precision == "f32"
+    with pytest.raises(ValueError, match=r"precision='fp16'.*`f32`, `bf16`, `int8`"):
+        gfer.Encoder(tiny_clip, precision="fp16")
+
+
+def test_int8_features_are_gfer_extracts_and_close_to_f32(gfer_bin, encoder, tiny_clip, many, tmp_path):
+    """Needs the int8 kernel."""
+    int8 = gfer.Encoder(tiny_clip, precision="int8", progress=False)
+    assert int8.precision == "int8" and int8.fingerprint == encoder.fingerprint
+    out = tmp_path / "int8.safetensors"
+    run_cli(gfer_bin, "extract", "--weights", tiny_clip, "--precision", "int8", "--out", out, *many[:8])
+    written, metadata = read_features(out)
+    assert metadata["precision"] == "int8"
+    features = int8.encode(many[:8])
+    assert features.tobytes() == written.tobytes()
+    exact = encoder.encode(many[:8])
+    cosine = (features * exact).sum(1) / (np.linalg.norm(features, axis=1) * np.linalg.norm(exact, axis=1))
+    assert cosine.min() > 0.99, cosine
+
+
 def test_features_are_gfer_extracts_bit_for_bit(gfer_bin, encoder, tiny_clip, many, tmp_path):
     out = tmp_path / "features.safetensors"
     run_cli(gfer_bin, "extract", "--weights", tiny_clip, "--out", out, many[0].parent)

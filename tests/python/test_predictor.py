@@ -171,6 +171,8 @@ def test_bad_options_are_refused_with_the_reason(bundle, tiny_clip, tmp_path):
         gfer.Predictor(bundle, tiny_clip, device="tpu")
     with pytest.raises(gfer.GferError, match="batch size"):
         gfer.Predictor(bundle, tiny_clip, batch_size=0)
+    with pytest.raises(ValueError, match=r"precision='fp16'.*`f32`, `bf16`, `int8`"):
+        gfer.Predictor(bundle, tiny_clip, precision="fp16")
     with pytest.raises(gfer.GferError, match="encoder weights"):
         gfer.Predictor(bundle)
     with pytest.raises(gfer.GferError, match="no-model.safetensors: No such file"):

@@ -149,6 +149,7 @@ def test_cache_only_builds_the_cache_alone(dataset, tiny_clip, tmp_path):
     [
         (dict(method="cafe-plus"), r"method='cafe-plus'.*unknown variant.*linear-probe"),
         (dict(backbone="vit-h"), r"backbone='vit-h'.*clip-vit-b32"),
+        (dict(precision="fp16"), r"precision='fp16'.*`f32`, `bf16`, `int8`"),
         (dict(preprocess="imagenet"), r"preprocess='imagenet'"),
         (dict(generator="tokens:0"), r"generator='tokens:0'.*number from 1"),
         (dict(fast=True, generator="resnet18"), r"--generator resnet18 .*--mask-init"),
@@ -176,6 +177,10 @@ def test_run_folders_and_data_sets_are_checked(dataset, tiny_clip, trained, tmp_
         gfer.evaluate(trained["bundle"], "folder:/nowhere,else", weights=tiny_clip)
     with pytest.raises(gfer.GferError, match="split: unknown split 'dev'"):
         gfer.evaluate(trained["bundle"], dataset, weights=tiny_clip, split="dev")
+    with pytest.raises(ValueError, match=r"precision='int4'.*`f32`, `bf16`, `int8`"):
+        gfer.evaluate(trained["bundle"], dataset, weights=tiny_clip, precision="int4")
+    with pytest.raises(ValueError, match=r"precision='fp16'.*`f32`, `bf16`, `int8`"):
+        gfer.protocol(source=dataset, target=dataset, out=tmp_path / "p", precision="fp16")
     with pytest.raises(gfer.GferError, match=r"method 'slow' is not a method"):
         gfer.protocol(source=dataset, target=dataset, method="slow", out=tmp_path / "p")
     with pytest.raises(gfer.GferError, match="source and target are required"):

@@ -10,7 +10,7 @@
 //! weights give the same fingerprint whatever file they came from.
 
 use super::{ClipConfig, ClipVisionEncoder};
-use crate::backbone::fingerprint_tensors;
+use crate::backbone::{check_precision_device, fingerprint_tensors, Precision};
 use crate::error::{Error, Result};
 use crate::formats::pytorch;
 use candle_core::{DType, Device, Tensor};
@@ -336,27 +336,36 @@ fn to_canonical(
 }
 
 impl ClipVisionEncoder {
-    /// Loads a checkpoint in any supported format and layout, inferring its shape.
+    /// Loads a checkpoint in any supported format and layout, inferring its shape; f32.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::load_with(path, None, device)
+        Self::load_with(path, None, device, Precision::F32)
     }
 
-    /// Loads a checkpoint; with `expected`, every tensor is checked against that shape.
-    pub fn load_with(path: &Path, expected: Option<&ClipConfig>, device: &Device) -> Result<Self> {
+    /// Loads a checkpoint, its blocks' linear layers in `precision`; with `expected`, every
+    /// tensor is checked against that shape.
+    pub fn load_with(
+        path: &Path,
+        expected: Option<&ClipConfig>,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let tensors = pytorch::read_tensors(path, None, device)?;
-        Self::from_tensors_with(tensors, expected, &path.display().to_string())
+        Self::from_tensors_with(tensors, expected, &path.display().to_string(), precision)
     }
 
-    /// Builds the tower from named tensors (any layout); `origin` names them in errors.
+    /// Builds the tower from named tensors (any layout) in f32; `origin` names them in
+    /// errors.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: &str) -> Result<Self> {
-        Self::from_tensors_with(tensors, None, origin)
+        Self::from_tensors_with(tensors, None, origin, Precision::F32)
     }
 
-    /// As [`Self::from_tensors`], checked against `expected` when given.
+    /// As [`Self::from_tensors`], checked against `expected` when given, the blocks' linear
+    /// layers in `precision`.
     pub fn from_tensors_with(
         tensors: HashMap<String, Tensor>,
         expected: Option<&ClipConfig>,
         origin: &str,
+        precision: Precision,
     ) -> Result<Self> {
         // open_clip checkpoints saved from DistributedDataParallel prefix every name.
         let tensors: HashMap<String, Tensor> = tensors
@@ -383,6 +392,7 @@ impl ClipVisionEncoder {
             .next()
             .map(|t| t.device().clone())
             .unwrap_or(Device::Cpu);
+        check_precision_device(precision, device.is_cpu())?;
         let shapes: HashMap<&str, &[usize]> = tensors
             .iter()
             .map(|(n, t)| (n.as_str(), t.dims()))
@@ -412,12 +422,18 @@ impl ClipVisionEncoder {
         drop(shapes);
         let canonical = to_canonical(layout, &config, tensors)?;
         let fingerprint = fingerprint_tensors(canonical.iter().map(|(n, t)| (n.as_str(), t)))?;
-        Self::new(config, fingerprint, device, canonical)
+        Self::new(config, fingerprint, device, canonical, precision)
     }
 
     /// A tower of this shape with random weights (seeded), for benchmarks: uniform
-    /// matrices of PyTorch's default scale, layer norms near identity.
-    pub fn random(config: &ClipConfig, seed: u64, device: &Device) -> Result<Self> {
+    /// matrices of PyTorch's default scale, layer norms near identity; the blocks' linear
+    /// layers in `precision`.
+    pub fn random(
+        config: &ClipConfig,
+        seed: u64,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
@@ -436,7 +452,7 @@ impl ClipVisionEncoder {
                 .collect();
             tensors.insert(name, Tensor::from_vec(values, shape, device)?);
         }
-        Self::from_tensors_with(tensors, Some(config), "random weights")
+        Self::from_tensors_with(tensors, Some(config), "random weights", precision)
     }
 }
 

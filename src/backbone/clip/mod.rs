@@ -145,24 +145,31 @@ struct Block {
 }
 
 impl Block {
-    /// Block `i`, taken from the canonical tensors.
-    fn new(t: &mut CanonicalTensors, i: usize) -> Result<Self> {
+    /// Block `i`, taken from the canonical tensors, its linear layers in `precision`.
+    fn new(t: &mut CanonicalTensors, i: usize, precision: Precision) -> Result<Self> {
         let b = format!("transformer.resblocks.{i}.");
         Ok(Block {
             ln_1: t.norm(&format!("{b}ln_1"))?,
             qkv: t.dense(
                 &format!("{b}attn.in_proj_weight"),
                 &format!("{b}attn.in_proj_bias"),
+                precision,
             )?,
             out: t.dense(
                 &format!("{b}attn.out_proj.weight"),
                 &format!("{b}attn.out_proj.bias"),
+                precision,
             )?,
             ln_2: t.norm(&format!("{b}ln_2"))?,
-            fc: t.dense(&format!("{b}mlp.c_fc.weight"), &format!("{b}mlp.c_fc.bias"))?,
+            fc: t.dense(
+                &format!("{b}mlp.c_fc.weight"),
+                &format!("{b}mlp.c_fc.bias"),
+                precision,
+            )?,
             proj: t.dense(
                 &format!("{b}mlp.c_proj.weight"),
                 &format!("{b}mlp.c_proj.bias"),
+                precision,
             )?,
         })
     }
@@ -202,6 +209,7 @@ pub struct ClipVisionEncoder {
     id: String,
     fingerprint: String,
     device: Device,
+    precision: Precision,
     /// The patch-embedding convolution as a linear map of flattened patches `[3*P*P] -> [W]`.
     patch_embedding: FrozenLinear,
     class_embedding: Tensor,
@@ -232,30 +240,25 @@ impl CanonicalTensors {
         ))
     }
 
-    fn dense(&mut self, weight: &str, bias: &str) -> Result<FrozenLinear> {
-        FrozenLinear::new(
-            self.take(weight)?,
-            self.take(bias)?,
-            if std::env::var("HACKP").is_ok() {
-                Precision::Int8
-            } else {
-                Precision::F32
-            },
-        )
+    fn dense(&mut self, weight: &str, bias: &str, precision: Precision) -> Result<FrozenLinear> {
+        FrozenLinear::new(self.take(weight)?, self.take(bias)?, precision)
     }
 }
 
 impl ClipVisionEncoder {
-    /// The tower from its tensors under the canonical names; `fingerprint` is theirs.
+    /// The tower from its tensors under the canonical names; `fingerprint` is theirs. The
+    /// blocks' linear layers run in `precision`; the patch embedding, which sees the raw
+    /// pixels and is little work, stays f32.
     fn new(
         config: ClipConfig,
         fingerprint: String,
         device: Device,
         tensors: HashMap<String, Tensor>,
+        precision: Precision,
     ) -> Result<Self> {
         let mut t = CanonicalTensors(tensors);
         let blocks = (0..config.layers)
-            .map(|i| Block::new(&mut t, i))
+            .map(|i| Block::new(&mut t, i, precision))
             .collect::<Result<Vec<_>>>()?;
         let patch_dim = 3 * config.patch_size * config.patch_size;
         let patch_weight = t.take("conv1.weight")?;
@@ -266,6 +269,7 @@ impl ClipVisionEncoder {
                 .to_string(),
             fingerprint,
             device,
+            precision,
             patch_embedding: FrozenLinear::new(
                 patch_weight.reshape((config.width, patch_dim))?,
                 // CLIP's patch convolution has no bias.
@@ -334,6 +338,10 @@ impl Encoder for ClipVisionEncoder {
 
     fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn encode(&self, pixels: &Tensor) -> Result<Tensor> {

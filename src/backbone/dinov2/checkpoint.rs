@@ -12,9 +12,9 @@ use super::{
     positions_for_grid, Block, Dinov2Config, Dinov2Encoder, Dinov2Options, Embeddings, GridResize,
     HEAD_DIM, LAYER_NORM_EPS, PATCH_SIZE,
 };
-use crate::backbone::fingerprint_tensors;
+use crate::backbone::{check_precision_device, fingerprint_tensors, Precision};
 use crate::error::{Error, Result};
-use crate::kernels::{FrozenLinear, LayerNorm, Precision};
+use crate::kernels::{FrozenLinear, LayerNorm};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -188,16 +188,16 @@ struct LinearTensors {
 }
 
 impl LinearTensors {
-    /// The layer to run; with `scale`, each output scaled (DINOv2's layer scale, folded
-    /// into the weights so that the residual add fuses into the product).
-    fn build(&self, scale: Option<&Tensor>) -> Result<FrozenLinear> {
+    /// The layer to run in `precision`; with `scale`, each output scaled (DINOv2's layer
+    /// scale, folded into the weights so that the residual add fuses into the product).
+    fn build(&self, scale: Option<&Tensor>, precision: Precision) -> Result<FrozenLinear> {
         let weight = self.weight_t.t()?.contiguous()?;
         match scale {
-            None => FrozenLinear::new(weight, self.bias.clone(), Precision::F32),
+            None => FrozenLinear::new(weight, self.bias.clone(), precision),
             Some(scale) => FrozenLinear::new(
                 weight.broadcast_mul(&scale.unsqueeze(1)?)?,
                 (&self.bias * scale)?,
-                Precision::F32,
+                precision,
             ),
         }
     }
@@ -284,7 +284,8 @@ impl Tensors<'_> {
             ("position_embeddings".into(), position_embeddings.clone()),
         ]);
         Ok(Embeddings {
-            patch_embedding: patch_embedding.build(None)?,
+            // It sees the raw pixels and is little work: f32 in every precision.
+            patch_embedding: patch_embedding.build(None, Precision::F32)?,
             cls_token,
             position_embeddings,
         })
@@ -379,15 +380,18 @@ impl BlockTensors {
         fingerprinted.push((format!("{layer}.layer_scale2"), self.layer_scale2.clone()));
     }
 
-    /// The block to run, each layer scale folded into the projection before it.
-    fn build(self) -> Result<Block> {
+    /// The block to run, its linear layers in `precision`, each layer scale folded into
+    /// the projection before it.
+    fn build(self, precision: Precision) -> Result<Block> {
         Ok(Block {
             norm1: self.norm1,
-            qkv: self.qkv.build(None)?,
-            attention_output: self.attention_output.build(Some(&self.layer_scale1))?,
+            qkv: self.qkv.build(None, precision)?,
+            attention_output: self
+                .attention_output
+                .build(Some(&self.layer_scale1), precision)?,
             norm2: self.norm2,
-            fc1: self.fc1.build(None)?,
-            fc2: self.fc2.build(Some(&self.layer_scale2))?,
+            fc1: self.fc1.build(None, precision)?,
+            fc2: self.fc2.build(Some(&self.layer_scale2), precision)?,
         })
     }
 }
@@ -457,6 +461,7 @@ impl Dinov2Encoder {
     }
 
     pub fn load_with(path: &Path, device: &Device, options: Dinov2Options) -> Result<Self> {
+        check_precision_device(options.precision, device.is_cpu())?;
         let source = path.display().to_string();
         let raw = crate::formats::pytorch::read_tensors(path, None, device)?;
         Self::from_checkpoint(canonical_checkpoint(raw, &source)?, &source, options)
@@ -484,7 +489,7 @@ impl Dinov2Encoder {
         for layer in 0..config.layers {
             let block = tensors.block(&config, layer)?;
             block.record(layer, &mut fingerprinted);
-            blocks.push(block.build()?);
+            blocks.push(block.build(options.precision)?);
         }
         let layernorm = tensors.final_layernorm(config.width, &mut fingerprinted)?;
         tensors.check_all_used()?;

@@ -26,6 +26,7 @@ use super::{
     positions_for_grid, CheckpointLayout, Dinov2Checkpoint, Dinov2Encoder, Dinov2Options,
     Dinov2Output, GridResize, PATCH_SIZE,
 };
+use crate::backbone::Precision;
 use crate::error::{Error, Result};
 use crate::formats::onnx::{GraphProto, Model, NodeProto, TensorProto};
 use candle_core::{Device, Tensor};
@@ -92,6 +93,7 @@ pub fn convert_onnx(from: &Path, out: &Path, grid: Option<usize>) -> Result<Conv
         Dinov2Options {
             input_size: grid * PATCH_SIZE,
             output: Dinov2Output::Cls,
+            precision: Precision::F32,
         },
     )?;
     let config = encoder.config();

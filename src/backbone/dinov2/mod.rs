@@ -19,7 +19,7 @@ pub use convert::{convert_onnx, ConversionSummary};
 // `convert` builds its checkpoint from these.
 use checkpoint::{CheckpointLayout, Dinov2Checkpoint};
 
-use crate::backbone::Encoder;
+use crate::backbone::{Encoder, Precision};
 use crate::error::{Error, Result};
 use crate::kernels::{attention, FrozenLinear, LayerNorm};
 use candle_core::{DType, IndexOp, Tensor, D};
@@ -46,6 +46,8 @@ pub struct Dinov2Options {
     /// Side of the square input in pixels; a multiple of 14.
     pub input_size: usize,
     pub output: Dinov2Output,
+    /// The arithmetic of the blocks' linear layers (the patch embedding stays f32).
+    pub precision: Precision,
 }
 
 impl Default for Dinov2Options {
@@ -53,6 +55,7 @@ impl Default for Dinov2Options {
         Dinov2Options {
             input_size: 224,
             output: Dinov2Output::Cls,
+            precision: Precision::F32,
         }
     }
 }
@@ -373,6 +376,10 @@ impl Encoder for Dinov2Encoder {
 
     fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    fn precision(&self) -> Precision {
+        self.options.precision
     }
 
     fn encode(&self, pixels: &Tensor) -> Result<Tensor> {

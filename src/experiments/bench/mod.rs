@@ -96,7 +96,7 @@ pub fn measure_encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::{ClipConfig, ClipVisionEncoder};
+    use crate::backbone::{ClipConfig, ClipVisionEncoder, Precision};
 
     #[test]
     fn a_measurement_times_at_least_the_batches_asked_for() {
@@ -109,7 +109,7 @@ mod tests {
             mlp_width: 64,
             embed_dim: 8,
         };
-        let encoder = ClipVisionEncoder::random(&config, 1, &Device::Cpu).unwrap();
+        let encoder = ClipVisionEncoder::random(&config, 1, &Device::Cpu, Precision::F32).unwrap();
         let m = measure_encode(&encoder, 3, 1, 0, 4, Duration::ZERO, &Device::Cpu).unwrap();
         assert_eq!(m.batches_timed, 4);
         assert_eq!((m.setting.batch, m.setting.threads), (3, 1));

@@ -227,7 +227,12 @@ fn run_cells(
         .map(|(named, dataset)| Target::open(named, dataset, cfg.limits(), progress))
         .collect::<Result<Vec<_>>>()?;
     let encoder = match &cfg.base.weights {
-        Some(w) => Some(load_encoder(cfg.base.backbone, w, device)?),
+        Some(w) => Some(load_encoder(
+            cfg.base.backbone,
+            w,
+            device,
+            cfg.base.precision,
+        )?),
         None => None,
     };
     let features = match encoder.as_deref() {
@@ -280,7 +285,12 @@ fn train_and_score(
     device: &Device,
 ) -> Result<()> {
     let bundle = train_cell_model(cfg, run, stop, progress, device)?;
-    let model = ExpressionModel::load(&bundle, cfg.base.weights.as_deref(), device)?;
+    let model = ExpressionModel::load(
+        &bundle,
+        cfg.base.weights.as_deref(),
+        cfg.base.precision,
+        device,
+    )?;
     let mask = match (MaskSource::for_model(model.classifier()), features) {
         (Some(mask), Some(features)) => Some(features.mask_input(mask, stop, progress)?),
         _ => None,
