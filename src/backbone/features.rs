@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::formats::tensorfile;
 use crate::image::{content_hash, DecodeLimits, Preprocess, RgbImage};
 use crate::Expression;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -385,6 +385,16 @@ fn new_rows(
 
 /// Where task K of N writes its part of `out`: `feats.safetensors` ->
 /// `feats.shard-0-of-4.safetensors`.
+/// The cosine similarity of each row of two `[N, D]` feature batches: how far a quantized
+/// encoder moved each image's feature from f32's.
+pub fn cosine_similarities(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+    let norm = |t: &Tensor| t.sqr()?.sum(1)?.sqrt();
+    let dot = (&a * &b)?.sum(1)?;
+    let cosine = (dot / (norm(&a)? * norm(&b)?)?)?;
+    Ok(cosine.to_dtype(DType::F32)?.to_vec1()?)
+}
+
 pub fn shard_path(out: &Path, shard: Shard) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     let name = match out.extension() {

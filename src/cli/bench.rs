@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use gfer::backbone::features::cosine_similarities;
 use gfer::backbone::{load_encoder, Backbone, ClipConfig, ClipVisionEncoder, Encoder, Precision};
 use gfer::detect::{DetectorKind, DetectorOptions};
 use gfer::experiments::bench;
@@ -527,14 +528,17 @@ fn compare_with_reference(
     let diff = (&ours - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = expected.abs()?.max_all()?.to_scalar::<f32>()?;
     let relative = diff / scale;
+    let cosine = cosine_similarities(&ours, expected)?
+        .into_iter()
+        .fold(f32::INFINITY, f32::min);
     if json {
         println!(
             "{}",
-            serde_json::json!({ "reference": reference, "max_relative_difference": relative })
+            serde_json::json!({ "reference": reference, "max_relative_difference": relative, "min_cosine": cosine })
         );
     } else {
         println!(
-            "max relative difference from {}: {relative:.2e}",
+            "from {}: max relative difference {relative:.2e}, lowest cosine similarity {cosine:.6}",
             reference.display()
         );
     }

@@ -150,8 +150,6 @@ pub fn write_tiny_resnet(path: &Path, seed: u64) {
 
 /// The smallest cosine similarity between the rows of two `[N,D]` feature batches.
 pub fn smallest_cosine(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    let norm = |t: &candle_core::Tensor| t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
-    let dot = a.mul(b).unwrap().sum(1).unwrap();
-    let cosine = dot.div(&norm(a).mul(&norm(b)).unwrap()).unwrap();
-    cosine.min(0).unwrap().to_scalar::<f32>().unwrap()
+    let cosines = gfer::backbone::features::cosine_similarities(a, b).unwrap();
+    cosines.into_iter().fold(f32::INFINITY, f32::min)
 }

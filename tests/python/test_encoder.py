@@ -57,7 +57,7 @@ def test_int8_features_are_gfer_extracts_and_close_to_f32(gfer_bin, encoder, tin
     assert features.tobytes() == written.tobytes()
     exact = encoder.encode(many[:8])
     cosine = (features * exact).sum(1) / (np.linalg.norm(features, axis=1) * np.linalg.norm(exact, axis=1))
-    assert cosine.min() > 0.99, cosine
+    assert cosine.min() > 0.999, cosine
 
 
 def test_features_are_gfer_extracts_bit_for_bit(gfer_bin, encoder, tiny_clip, many, tmp_path):
