@@ -34,6 +34,37 @@ pub enum BenchCommand {
     /// device and compares every value, as tests/cafe_parity.rs does on the CPU: checks a
     /// GPU build against the authors' numbers.
     Parity(ParityArgs),
+    /// What a quantized encoder changes on labelled images: each image's cosine similarity
+    /// between its f32 and quantized features and, with --model (trained on f32 features),
+    /// the predictions that change and the accuracy in both precisions, per data set.
+    Precision(PrecisionBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PrecisionBenchArgs {
+    /// Encoder weights, loaded once in f32 and once in --precision.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// A model bundle trained on these weights' f32 features: adds its predictions.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Data sets, e.g. `rafdb:/data/raf-basic`.
+    #[arg(long = "data", required = true)]
+    pub data: Vec<String>,
+    /// Split of each data set (default: test, or val when there is none).
+    #[arg(long)]
+    pub split: Option<gfer::data::Split>,
+    /// The precision compared with f32.
+    #[arg(long, value_enum, default_value_t = Precision::Int8)]
+    pub precision: Precision,
+    /// Preprocessing without --model (a model brings its own): `cafe` or `clip`.
+    #[arg(long, value_enum, default_value = "cafe")]
+    pub preprocess: gfer::image::Preset,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -183,6 +214,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Train(args) => train(args),
         BenchCommand::Detect(args) => detect(args),
         BenchCommand::Parity(args) => parity(args),
+        BenchCommand::Precision(args) => precision(args),
     }
 }
 
@@ -662,4 +694,140 @@ fn cpu_description() -> String {
     #[cfg(not(target_arch = "x86_64"))]
     let features = String::new();
     format!("{model} [{features}]")
+}
+
+fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
+    use gfer::eval::precision::{compare_precisions, PrecisionComparison, Runner};
+    use gfer::model::inference::ExpressionModel;
+    let cpu = candle_core::Device::Cpu;
+    let name = args.precision.name();
+    let load_model = |model: &std::path::Path, precision: Precision| {
+        ExpressionModel::load(model, Some(&args.weights), precision, &cpu)
+            .with_context(|| format!("loading {} in {}", model.display(), precision.name()))
+    };
+    let load = |precision: Precision| {
+        load_encoder(None, &args.weights, &cpu, precision)
+            .with_context(|| format!("loading {} in {}", args.weights.display(), precision.name()))
+    };
+    let (models, encoders) = match &args.model {
+        Some(model) => (
+            Some((
+                load_model(model, Precision::F32)?,
+                load_model(model, args.precision)?,
+            )),
+            None,
+        ),
+        None => (None, Some((load(Precision::F32)?, load(args.precision)?))),
+    };
+    let (exact, quantized, preprocess) = match (&models, &encoders) {
+        (Some((exact, quantized)), _) => (
+            Runner::Model(exact),
+            Runner::Model(quantized),
+            exact.preprocess(),
+        ),
+        (None, Some((exact, quantized))) => (
+            Runner::Encoder(exact.as_ref()),
+            Runner::Encoder(quantized.as_ref()),
+            gfer::image::Preprocess::new(args.preprocess, exact.input_size() as u32),
+        ),
+        (None, None) => unreachable!("one of the two was loaded above"),
+    };
+    let limits = gfer::image::DecodeLimits::default();
+    let mut results: Vec<(String, PrecisionComparison)> = Vec::new();
+    for spec in &args.data {
+        let dataset = gfer::data::open(spec, &Default::default())
+            .with_context(|| format!("opening {spec}"))?;
+        let Some(split) = args.split.or_else(|| dataset.held_out_split()) else {
+            anyhow::bail!(
+                "{spec} has no test or val split; pass --split train to use its training images"
+            )
+        };
+        let samples = dataset.split(split);
+        let progress = super::progress_bar(samples.len() as u64, "images");
+        let comparison = compare_precisions(
+            &exact,
+            &quantized,
+            &samples,
+            preprocess,
+            args.batch_size,
+            &limits,
+            &progress,
+        )?;
+        progress.finish_and_clear();
+        for (image, reason) in &comparison.failures {
+            tracing::warn!("{image}: skipped, {reason}");
+        }
+        results.push((spec.clone(), comparison));
+    }
+    let accuracy =
+        |m: &Option<gfer::eval::metrics::Metrics>| m.as_ref().map(|m| 100.0 * m.accuracy);
+    let images: usize = results.iter().map(|(_, c)| c.cosines.len()).sum();
+    let changed: usize = results.iter().map(|(_, c)| c.changed_predictions).sum();
+    let lowest = results
+        .iter()
+        .map(|(_, c)| c.lowest_cosine())
+        .fold(f32::INFINITY, f32::min);
+    let mean = |pick: &dyn Fn(&PrecisionComparison) -> Option<f64>| -> Option<f64> {
+        let values: Option<Vec<f64>> = results.iter().map(|(_, c)| pick(c)).collect();
+        values.map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64)
+    };
+    let mean_f32 = mean(&|c| accuracy(&c.f32));
+    let mean_quantized = mean(&|c| accuracy(&c.quantized));
+    if args.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(spec, c)| {
+                serde_json::json!({
+                    "data": spec, "images": c.cosines.len(), "lowest_cosine": c.lowest_cosine(),
+                    "median_cosine": c.median_cosine(), "f32_accuracy": accuracy(&c.f32),
+                    "quantized_accuracy": accuracy(&c.quantized),
+                    "changed_predictions": c.changed_predictions, "unreadable": c.failures.len(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "precision": name, "weights": args.weights, "model": args.model, "cpu": cpu_description(),
+                "data": rows, "images": images, "lowest_cosine": lowest, "changed_predictions": changed,
+                "mean_f32_accuracy": mean_f32, "mean_quantized_accuracy": mean_quantized,
+            })
+        );
+        return Ok(());
+    }
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!("{name} against f32, {}", args.weights.display());
+    println!(
+        "| data | images | lowest cosine | median cosine | f32 accuracy | {name} accuracy | changed predictions |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (spec, c) in &results {
+        println!(
+            "| {spec} | {} | {:.5} | {:.5} | {} | {} | {} |",
+            c.cosines.len(),
+            c.lowest_cosine(),
+            c.median_cosine(),
+            percent(accuracy(&c.f32)),
+            percent(accuracy(&c.quantized)),
+            if args.model.is_some() {
+                c.changed_predictions.to_string()
+            } else {
+                "-".into()
+            },
+        )
+    }
+    println!(
+        "| all (accuracy: mean over the data sets) | {images} | {lowest:.5} | | {} | {} | {} |",
+        percent(mean_f32),
+        percent(mean_quantized),
+        if args.model.is_some() {
+            format!(
+                "{changed} ({:.2}%)",
+                100.0 * changed as f64 / images.max(1) as f64
+            )
+        } else {
+            "-".into()
+        },
+    );
+    Ok(())
 }

@@ -52,23 +52,34 @@ pub fn evaluate_images(
     progress.set_length(samples.len() as u64);
     progress.set_position(0);
     for chunk in samples.chunks(batch_size.max(1)) {
-        let decoded: Vec<Result<RgbImage>> =
-            chunk.par_iter().map(|s| s.source.load(limits)).collect();
-        let mut images = Vec::new();
-        let mut labels = Vec::new();
-        for (sample, image) in chunk.iter().zip(decoded) {
-            match image {
-                Ok(image) => {
-                    images.push(image);
-                    labels.push(sample.label.index());
-                }
-                Err(e) => failures.push((sample.source.describe(), e.to_string())),
-            }
-        }
+        let (images, labels) = decode_labelled(chunk, limits, &mut failures);
         for (probabilities, truth) in model.classify_images(&images)?.iter().zip(labels) {
             confusion.add(truth, argmax(probabilities));
         }
         progress.inc(chunk.len() as u64);
     }
     Ok((confusion.metrics(), failures))
+}
+
+/// The images of `samples` that decode, with their labels' indices; each that does not is
+/// added to `failures` with the reason.
+pub(crate) fn decode_labelled(
+    samples: &[&Sample],
+    limits: &DecodeLimits,
+    failures: &mut Vec<(String, String)>,
+) -> (Vec<RgbImage>, Vec<usize>) {
+    let decoded: Vec<Result<RgbImage>> =
+        samples.par_iter().map(|s| s.source.load(limits)).collect();
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for (sample, image) in samples.iter().zip(decoded) {
+        match image {
+            Ok(image) => {
+                images.push(image);
+                labels.push(sample.label.index());
+            }
+            Err(e) => failures.push((sample.source.describe(), e.to_string())),
+        }
+    }
+    (images, labels)
 }

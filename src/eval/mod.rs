@@ -4,6 +4,7 @@
 
 pub mod evaluate;
 pub mod metrics;
+pub mod precision;
 pub mod report;
 pub mod table;
 
