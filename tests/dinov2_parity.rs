@@ -220,7 +220,7 @@ fn quantized_dinov2_keeps_the_fingerprint_and_stays_close_to_f32() {
     let pixels = formula_pixels(2);
     let exact = load(Precision::F32);
     let expected = exact.encode(&pixels).unwrap();
-    for precision in [Precision::Bf16, Precision::Int8] {
+    for precision in [Precision::Bf16, Precision::Int8, Precision::Int8Fast] {
         let encoder = load(precision);
         assert_eq!(encoder.precision(), precision);
         assert_eq!(encoder.fingerprint(), exact.fingerprint());

@@ -178,7 +178,7 @@ fn every_encoder_subcommand_takes_the_precision_flag() {
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("invalid value 'fp16' for '--precision <PRECISION>'")
-            && stderr.contains("[possible values: f32, bf16, int8]"),
+            && stderr.contains("[possible values: f32, bf16, int8, int8-fast]"),
         "{stderr}"
     );
 }

@@ -19,7 +19,7 @@ NumPy ``uint8`` array of shape ``(height, width, 3)`` in RGB."""
 _Device = str
 """``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
 
-_Precision = Literal["f32", "bf16", "int8"]
+_Precision = Literal["f32", "bf16", "int8", "int8-fast"]
 """The arithmetic of a frozen encoder's linear layers (``--precision``)."""
 
 class GferError(ValueError):
@@ -105,8 +105,8 @@ class Predictor:
         device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
             usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
         precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-            ``"bf16"`` or ``"int8"`` (``gfer predict --precision``; layer norm, softmax and
-            the residuals stay f32; bf16 and int8 run on the CPU only).
+            ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``gfer predict --precision``; layer norm, softmax and
+            the residuals stay f32; bf16 and the int8s run on the CPU only).
         detector: ``"mtcnn"`` (MTCNN, with five landmarks; its weights are read from
             ``assets``, fetched there on first use) or ``"seetaface"`` (SeetaFace's frontal
             detector, built in, boxes only) finds the faces; ``"none"`` takes each image as
@@ -205,9 +205,9 @@ class Encoder:
             ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
         device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
             usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
-        precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or
-            ``"int8"`` (``gfer extract --precision``; layer norm, softmax and the residuals
-            stay f32; bf16 and int8 run on the CPU only).
+        precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
+            or ``"int8-fast"`` (``gfer extract --precision``; layer norm, softmax and the residuals
+            stay f32; bf16 and the int8s run on the CPU only).
         batch_size: Images per forward pass (``gfer extract --batch-size``).
         max_pixels: Images with more pixels than this are refused.
         progress: Show a progress bar on a terminal when encoding many images.
@@ -259,7 +259,7 @@ class Encoder:
         """The fingerprint of the weights that feature files and model bundles record."""
     @property
     def precision(self) -> str:
-        """The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or ``"int8"``."""
+        """The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``."""
     @property
     def input_size(self) -> int:
         """Side of the square input the images are resized to."""
@@ -327,8 +327,8 @@ def train(
         backbone: Frozen encoder architecture; inferred from the weights when ``None``.
         weights: Frozen encoder weights (not needed by ``method="resnet"``).
         precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-            ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
-            residuals stay f32; bf16 and int8 run on the CPU only).
+            ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``--precision``; layer norm, softmax and the
+            residuals stay f32; bf16 and the int8s run on the CPU only).
         preprocess: ``"cafe"`` or ``"clip"``.
         mask_init: ResNet-18 starting weights (MS-Celeb or torchvision).
         allow_partial: Accept a ``mask_init`` with missing or mis-shaped tensors.
@@ -385,8 +385,8 @@ def evaluate(
         data: A data set spec or a list of them, e.g. ``"rafdb:/data/raf-basic"``.
         weights: The frozen encoder weights the model was trained on.
         precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-            ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
-            residuals stay f32; bf16 and int8 run on the CPU only).
+            ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``--precision``; layer norm, softmax and the
+            residuals stay f32; bf16 and the int8s run on the CPU only).
         split: The split to evaluate, ``"train"``, ``"val"`` or ``"test"`` (default: test,
             or val when there is no test split).
         batch_size: Images per forward pass.

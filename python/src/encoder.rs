@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 ///         ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
 ///     device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
 ///         usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
-///     precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or
-///         ``"int8"`` (``gfer extract --precision``; layer norm, softmax and the residuals
-///         stay f32; bf16 and int8 run on the CPU only).
+///     precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
+///         or ``"int8-fast"`` (``gfer extract --precision``; layer norm, softmax and the residuals
+///         stay f32; bf16 and the int8s run on the CPU only).
 ///     batch_size: Images per forward pass (``gfer extract --batch-size``).
 ///     max_pixels: Images with more pixels than this are refused.
 ///     progress: Show a progress bar on a terminal when encoding many images.
@@ -179,7 +179,7 @@ impl Encoder {
         self.encoder.fingerprint()
     }
 
-    /// The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"`` or ``"int8"``.
+    /// The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``.
     #[getter]
     fn precision(&self) -> &str {
         self.encoder.precision().name()

@@ -29,8 +29,8 @@ use std::sync::Arc;
 ///     device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
 ///         usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
 ///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-///         ``"bf16"`` or ``"int8"`` (``gfer predict --precision``; layer norm, softmax and
-///         the residuals stay f32; bf16 and int8 run on the CPU only).
+///         ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``gfer predict --precision``; layer norm, softmax and
+///         the residuals stay f32; bf16 and the int8s run on the CPU only).
 ///     detector: ``"mtcnn"`` (MTCNN, with five landmarks; its weights are read from
 ///         ``assets``, fetched there on first use) or ``"seetaface"`` (SeetaFace's frontal
 ///         detector, built in, boxes only) finds the faces; ``"none"`` takes each image as

@@ -196,8 +196,8 @@ macro_rules! training_flags {
 ///     backbone: Frozen encoder architecture; inferred from the weights when ``None``.
 ///     weights: Frozen encoder weights (not needed by ``method="resnet"``).
 ///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-///         ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
-///         residuals stay f32; bf16 and int8 run on the CPU only).
+///         ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``--precision``; layer norm, softmax and the
+///         residuals stay f32; bf16 and the int8s run on the CPU only).
 ///     preprocess: ``"cafe"`` or ``"clip"``.
 ///     mask_init: ResNet-18 starting weights (MS-Celeb or torchvision).
 ///     allow_partial: Accept a ``mask_init`` with missing or mis-shaped tensors.
@@ -488,8 +488,8 @@ fn build_cache<'py>(
 ///     data: A data set spec or a list of them, e.g. ``"rafdb:/data/raf-basic"``.
 ///     weights: The frozen encoder weights the model was trained on.
 ///     precision: The arithmetic of the frozen encoder's linear layers, ``"f32"``,
-///         ``"bf16"`` or ``"int8"`` (``--precision``; layer norm, softmax and the
-///         residuals stay f32; bf16 and int8 run on the CPU only).
+///         ``"bf16"``, ``"int8"`` or ``"int8-fast"`` (``--precision``; layer norm, softmax and the
+///         residuals stay f32; bf16 and the int8s run on the CPU only).
 ///     split: The split to evaluate, ``"train"``, ``"val"`` or ``"test"`` (default: test,
 ///         or val when there is no test split).
 ///     batch_size: Images per forward pass.

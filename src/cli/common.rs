@@ -37,10 +37,12 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 pub struct PrecisionArgs {
     /// The arithmetic of the frozen encoder's linear layers (attention's query/key/value
     /// and output, both MLP layers of every block): f32; bf16 (weights and inputs rounded
-    /// to bfloat16, products summed in f32); int8 (weights quantized per output channel
-    /// at load, inputs per row, integer products rescaled to f32). Layer norm, softmax,
-    /// attention, the residuals and the patch embedding stay f32. bf16 and int8 run on
-    /// the CPU only. A model trained on f32 features may be run with either.
+    /// to bfloat16, products summed in f32); int8 (weights quantized to 8 bits per output
+    /// channel at load, inputs to 16 bits per row, integer products rescaled to f32);
+    /// int8-fast (7-bit weights, 8-bit inputs: more products per instruction, twice the
+    /// weights' rounding error). Layer norm, softmax, attention, the residuals and the
+    /// patch embedding stay f32. bf16 and the int8s run on the CPU only. A model trained
+    /// on f32 features may be run with any.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -182,7 +184,7 @@ mod tests {
         let error = parse(&["--precision", "fp16"]).unwrap_err().to_string();
         assert!(
             error.contains("invalid value 'fp16' for '--precision <PRECISION>'")
-                && error.contains("[possible values: f32, bf16, int8]"),
+                && error.contains("[possible values: f32, bf16, int8, int8-fast]"),
             "{error}"
         );
     }
