@@ -205,7 +205,7 @@ class Encoder:
             ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
         device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
             usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
-        precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
+        precision: The arithmetic of the encoder's linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
             or ``"int8-fast"`` (``gfer extract --precision``; layer norm, softmax and the residuals
             stay f32; bf16 and the int8s run on the CPU only).
         batch_size: Images per forward pass (``gfer extract --batch-size``).
@@ -259,7 +259,7 @@ class Encoder:
         """The fingerprint of the weights that feature files and model bundles record."""
     @property
     def precision(self) -> str:
-        """The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``."""
+        """The arithmetic of the encoder's linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``."""
     @property
     def input_size(self) -> int:
         """Side of the square input the images are resized to."""

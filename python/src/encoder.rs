@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 ///         ``"clip"`` (CLIP's bicubic resize, centre crop and normalisation).
 ///     device: ``"auto"`` (the first GPU when gfer is built with CUDA and one is
 ///         usable, else the CPU), ``"cpu"``, ``"cuda"`` (the first GPU) or ``"cuda:N"``.
-///     precision: The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
+///     precision: The arithmetic of the encoder's linear layers, ``"f32"``, ``"bf16"``, ``"int8"``
 ///         or ``"int8-fast"`` (``gfer extract --precision``; layer norm, softmax and the residuals
 ///         stay f32; bf16 and the int8s run on the CPU only).
 ///     batch_size: Images per forward pass (``gfer extract --batch-size``).
@@ -179,7 +179,7 @@ impl Encoder {
         self.encoder.fingerprint()
     }
 
-    /// The arithmetic of the blocks' linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``.
+    /// The arithmetic of the encoder's linear layers, ``"f32"``, ``"bf16"``, ``"int8"`` or ``"int8-fast"``.
     #[getter]
     fn precision(&self) -> &str {
         self.encoder.precision().name()

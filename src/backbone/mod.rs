@@ -27,7 +27,7 @@ pub trait Encoder: Send + Sync {
     /// Fingerprint of the frozen weights (see [`fingerprint_tensors`]); caches and model
     /// bundles record it so features of different weights are never mixed.
     fn fingerprint(&self) -> &str;
-    /// The arithmetic of the transformer blocks' linear layers. Not part of the
+    /// The arithmetic of the linear layers. Not part of the
     /// fingerprint: a model trained on f32 features may be run on int8 ones.
     fn precision(&self) -> Precision;
     /// `[B,3,S,S]` preprocessed pixels -> `[B,D]` f32 features.
@@ -115,7 +115,7 @@ impl Backbone {
     }
 }
 
-/// Loads the encoder in `weights`, its blocks' linear layers in `precision`. With
+/// Loads the encoder in `weights`, its linear layers in `precision`. With
 /// `backbone` given, the file must hold exactly that architecture (every tensor is checked
 /// against it); with `None` the architecture is inferred from the tensor names and shapes.
 pub fn load_encoder(

@@ -35,14 +35,14 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 /// `--precision`, the same flag on every subcommand that runs a frozen encoder.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct PrecisionArgs {
-    /// The arithmetic of the frozen encoder's linear layers (attention's query/key/value
-    /// and output, both MLP layers of every block): f32; bf16 (weights and inputs rounded
-    /// to bfloat16, products summed in f32); int8 (weights quantized to 8 bits per output
-    /// channel at load, inputs to 16 bits per row, integer products rescaled to f32);
-    /// int8-fast (7-bit weights, 8-bit inputs: more products per instruction, twice the
-    /// weights' rounding error). Layer norm, softmax, attention, the residuals and the
-    /// patch embedding stay f32. bf16 and the int8s run on the CPU only. A model trained
-    /// on f32 features may be run with any.
+    /// The arithmetic of the frozen encoder's linear layers (the patch embedding, and
+    /// attention's query/key/value and output and both MLP layers of every block): f32;
+    /// bf16 (weights and inputs rounded to bfloat16, products summed in f32); int8
+    /// (weights quantized to 8 bits per output channel at load, inputs to 16 bits per row,
+    /// integer products rescaled to f32); int8-fast (7-bit weights, 8-bit inputs: more
+    /// products per instruction, twice the weights' rounding error). Layer norm, softmax,
+    /// attention and the residuals stay f32. bf16 and the int8s run on the CPU only. A
+    /// model trained on f32 features may be run with any.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }

@@ -116,9 +116,9 @@ impl Scheme for Narrow {
             q.fill(0);
             return (0.0, 0);
         }
-        let zero = round(-low / scale).clamp(0.0, 255.0);
-        quantize_narrow(x, q, 1.0 / scale, zero);
-        (scale, zero as i32)
+        let zero = round((-low / scale).min(255.0));
+        quantize_narrow(x, q, 1.0 / scale, zero as f32);
+        (scale, zero)
     }
 
     fn quantize_weights(w: &[f32], q: &mut [i8], inverse: f32) {
@@ -311,20 +311,21 @@ fn finite_range(x: &[f32]) -> Option<(f32, f32)> {
     Some((low, high))
 }
 
-/// `x` rounded to the nearest integer, ties to even, for `|x| < 2²²`: adding and
-/// subtracting 1.5 · 2²³ rounds in the FPU's default mode, and vectorises on every x86-64
-/// (`f32::round_ties_even` is a libm call below SSE4.1).
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2²²`: adding 1.5 · 2²³
+/// rounds in the FPU's default mode and leaves the integer in the low bits of the sum.
+/// Two integer-free operations that vectorise on every x86-64, where `round_ties_even` is
+/// a libm call below SSE4.1 and `as i32` a saturating conversion.
 #[inline(always)]
-fn round(x: f32) -> f32 {
+fn round(x: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
+    (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 multiversion! {
     /// `q = clamp(round(x · inverse), ±limit)`.
     fn quantize_wide(x: &[f32], q: &mut [i16], inverse: f32, limit: f32) {
         for (q, &v) in q.iter_mut().zip(x) {
-            *q = round(v * inverse).clamp(-limit, limit) as i16;
+            *q = round((v * inverse).clamp(-limit, limit)) as i16;
         }
     }
 }
@@ -333,7 +334,7 @@ multiversion! {
     /// `q = clamp(round(x · inverse) + zero, 0, 255)`.
     fn quantize_narrow(x: &[f32], q: &mut [u8], inverse: f32, zero: f32) {
         for (q, &v) in q.iter_mut().zip(x) {
-            *q = (round(v * inverse) + zero).clamp(0.0, 255.0) as u8;
+            *q = round((v * inverse + zero).clamp(0.0, 255.0)) as u8;
         }
     }
 }
@@ -342,7 +343,7 @@ multiversion! {
     /// `q = clamp(round(w · inverse), ±127)`.
     fn quantize_weights_wide(w: &[f32], q: &mut [i16], inverse: f32) {
         for (q, &v) in q.iter_mut().zip(w) {
-            *q = round(v * inverse).clamp(-Wide::WEIGHT_MAX, Wide::WEIGHT_MAX) as i16;
+            *q = round((v * inverse).clamp(-Wide::WEIGHT_MAX, Wide::WEIGHT_MAX)) as i16;
         }
     }
 }
@@ -351,7 +352,7 @@ multiversion! {
     /// `q = clamp(round(w · inverse), ±63)`.
     fn quantize_weights_narrow(w: &[f32], q: &mut [i8], inverse: f32) {
         for (q, &v) in q.iter_mut().zip(w) {
-            *q = round(v * inverse).clamp(-Narrow::WEIGHT_MAX, Narrow::WEIGHT_MAX) as i8;
+            *q = round((v * inverse).clamp(-Narrow::WEIGHT_MAX, Narrow::WEIGHT_MAX)) as i8;
         }
     }
 }

@@ -341,7 +341,7 @@ impl ClipVisionEncoder {
         Self::load_with(path, None, device, Precision::F32)
     }
 
-    /// Loads a checkpoint, its blocks' linear layers in `precision`; with `expected`, every
+    /// Loads a checkpoint, its linear layers in `precision`; with `expected`, every
     /// tensor is checked against that shape.
     pub fn load_with(
         path: &Path,

@@ -247,8 +247,7 @@ impl CanonicalTensors {
 
 impl ClipVisionEncoder {
     /// The tower from its tensors under the canonical names; `fingerprint` is theirs. The
-    /// blocks' linear layers run in `precision`; the patch embedding, which sees the raw
-    /// pixels and is little work, stays f32.
+    /// linear layers (the blocks' and the patch embedding) run in `precision`.
     fn new(
         config: ClipConfig,
         fingerprint: String,
@@ -274,7 +273,7 @@ impl ClipVisionEncoder {
                 patch_weight.reshape((config.width, patch_dim))?,
                 // CLIP's patch convolution has no bias.
                 Tensor::zeros(config.width, patch_weight.dtype(), patch_weight.device())?,
-                Precision::F32,
+                precision,
             )?,
             class_embedding: t.take("class_embedding")?,
             positional_embedding: t.take("positional_embedding")?,

@@ -285,7 +285,7 @@ impl Tensors<'_> {
         ]);
         Ok(Embeddings {
             // It sees the raw pixels and is little work: f32 in every precision.
-            patch_embedding: patch_embedding.build(None, Precision::F32)?,
+            patch_embedding: patch_embedding.build(None, options.precision)?,
             cls_token,
             position_embeddings,
         })

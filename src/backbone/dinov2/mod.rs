@@ -46,7 +46,7 @@ pub struct Dinov2Options {
     /// Side of the square input in pixels; a multiple of 14.
     pub input_size: usize,
     pub output: Dinov2Output,
-    /// The arithmetic of the blocks' linear layers (the patch embedding stays f32).
+    /// The arithmetic of the linear layers (the blocks' and the patch embedding).
     pub precision: Precision,
 }
 
