@@ -262,3 +262,44 @@ fn extract_in_int8_records_it_and_stays_close_to_f32() {
         "{stderr}"
     );
 }
+
+/// `gfer bench precision` without a model: each quantized precision's lowest cosine to f32
+/// over every test image of a data set, and no accuracies; a data set it cannot open is an
+/// error that names it.
+#[test]
+fn bench_precision_compares_the_features_of_every_test_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_folder_dataset(&dir.path().join("data"), 12, 6);
+    let spec = format!("folder:{}", dir.path().join("data").display());
+    let test_images = gfer::data::open(&spec, &Default::default())
+        .expect("data")
+        .split(gfer::data::Split::Test)
+        .len();
+    let bench = |precision: &str, spec: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gfer"))
+            .args(["bench", "precision", "--json", "--precision", precision])
+            .args(["--data", spec, "--preprocess", "clip", "--weights"])
+            .arg(common::tiny_clip())
+            .output()
+            .expect("gfer runs")
+    };
+    for precision in ["bf16", "int8", "int8-fast"] {
+        let output = bench(precision, &spec);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{precision}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert_eq!(report["precision"], precision);
+        assert_eq!(report["images"], test_images, "{report}");
+        let lowest = report["lowest_cosine"].as_f64().expect("cosine");
+        assert!(lowest > 0.999 && lowest <= 1.0 + 1e-6, "{report}");
+        assert!(report["data"][0]["f32_accuracy"].is_null(), "{report}");
+        assert_eq!(report["changed_predictions"], 0, "{report}");
+    }
+    let missing = format!("folder:{}", dir.path().join("nowhere").display());
+    let output = bench("int8", &missing);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+}

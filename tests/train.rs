@@ -609,4 +609,48 @@ fn fast_mode_in_int8_caches_apart_and_an_f32_model_runs_on_int8_features() {
         "int8 {} vs f32 {held_out}",
         metrics.accuracy
     );
+
+    // `gfer bench precision` on the same model and images: every test image compared, the
+    // int8 accuracy `gfer eval`'s, the f32 one the training run's, and at least as many
+    // changed predictions as the accuracies differ by.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gfer"))
+        .args([
+            "bench",
+            "precision",
+            "--json",
+            "--precision",
+            "int8",
+            "--data",
+            &spec,
+        ])
+        .arg("--weights")
+        .arg(common::tiny_clip())
+        .arg("--model")
+        .arg(&exact.bundle)
+        .output()
+        .expect("gfer runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let row = &report["data"][0];
+    assert_eq!(row["images"], test.len(), "{report}");
+    assert!(
+        row["lowest_cosine"].as_f64().expect("cosine") > 0.999,
+        "{report}"
+    );
+    let accuracy = |key: &str| row[key].as_f64().expect("accuracy") / 100.0;
+    assert!(
+        (accuracy("quantized_accuracy") - metrics.accuracy).abs() < 1e-9,
+        "{report}"
+    );
+    assert!(
+        (accuracy("f32_accuracy") - held_out).abs() < 1e-9,
+        "{report}"
+    );
+    let changed = row["changed_predictions"].as_u64().expect("count") as f64;
+    let differ = (accuracy("f32_accuracy") - accuracy("quantized_accuracy")).abs();
+    assert!(changed >= (differ * test.len() as f64).round(), "{report}");
 }
