@@ -13,9 +13,10 @@
 //!   and the convolutions, and the strided product on the `gemm` crate
 //!   ([`gemm`]) for f64, the machines the packed kernel does not serve, and the fused
 //!   training step. When each hands work to the thread pool: [`threading`].
-//! - The int8 product of the encoders' linear layers at `--precision int8` ([`int8`]):
-//!   weights quantized per output channel at load, inputs per row, `vpmaddubsw` on AVX2
-//!   and the same integer sums in portable code elsewhere.
+//! - The int8 products of the encoders' linear layers at `--precision int8|int8-fast`
+//!   ([`int8`]): weights quantized per output channel at load, inputs per row, exact
+//!   integer sums by `vpmaddwd` (8-bit weights, 16-bit inputs) or `vpmaddubsw` (7-bit
+//!   weights, 8-bit inputs) on AVX2, and the same sums in portable code elsewhere.
 //! - The ResNet's trainable layers as candle custom ops with their backward passes,
 //!   CPU kernels in f32 and f64 (on [`float`]) and a composed fallback for other devices
 //!   beside each: [`conv2d`] (with [`conv_panels`]), [`max_pool2d`], [`relu`],
