@@ -816,8 +816,12 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
             },
         )
     }
+    let all = match args.model {
+        Some(_) => "all (accuracy: mean over the data sets)",
+        None => "all",
+    };
     println!(
-        "| all (accuracy: mean over the data sets) | {images} | {lowest:.5} | | {} | {} | {} |",
+        "| {all} | {images} | {lowest:.5} | | {} | {} | {} |",
         percent(mean_f32),
         percent(mean_quantized),
         if args.model.is_some() {

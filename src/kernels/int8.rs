@@ -19,8 +19,9 @@
 //! panel, into 12 accumulators of 6 rows x 16 columns. Inputs `x ≈ scale[r] · (q -
 //! zero[r])`: `Σ (q - zero) w = Σ q w - zero · Σ w`, so the kernel sums `q · w` alone and
 //! the stored value subtracts `zero[r] · colsum[c]` (zero is 0 in the symmetric scheme).
-//! Each scheme runs on AVX2 or in portable code on CPUs without it ([`Int8Kernel`]); both
-//! store through one [`store`], so they give the same bits.
+//! Each scheme runs on AVX512-VNNI or AVX-VNNI (multiply, add and accumulate in one
+//! instruction), on AVX2, or in portable code ([`Int8Kernel`]); all store through one
+//! [`store`], so they give the same bits.
 
 use super::simd::multiversion;
 use super::threading::{PACKED_PRODUCT_MIN_PARALLEL_WORK, PACKING_MIN_PARALLEL_LEN};
@@ -47,18 +48,6 @@ pub(crate) trait Scheme: Send + Sync + 'static {
     fn quantize_row(x: &[f32], q: &mut [Self::Input]) -> (f32, i32);
     /// `clamp(round(w · inverse), ±WEIGHT_MAX)` into `q`.
     fn quantize_weights(w: &[f32], q: &mut [Self::Weight], inverse: f32);
-    /// The AVX2 sums.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2; `a` has 6 rows of `steps · STEP` values `stride` apart, `b`
-    /// `steps · 16 · STEP` values.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_sums(
-        steps: usize,
-        a: *const Self::Input,
-        stride: usize,
-        b: *const Self::Weight,
-    ) -> Sums;
 }
 
 /// 8-bit weights against 16-bit inputs, summed by `vpmaddwd`.
@@ -91,12 +80,6 @@ impl Scheme for Wide {
     fn quantize_weights(w: &[f32], q: &mut [i16], inverse: f32) {
         quantize_weights_wide(w, q, inverse);
     }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_sums(steps: usize, a: *const i16, stride: usize, b: *const i16) -> Sums {
-        // SAFETY: the caller's promises are this function's.
-        unsafe { avx2::wide_sums(steps, a, stride, b) }
-    }
 }
 
 impl Scheme for Narrow {
@@ -124,31 +107,58 @@ impl Scheme for Narrow {
     fn quantize_weights(w: &[f32], q: &mut [i8], inverse: f32) {
         quantize_weights_narrow(w, q, inverse);
     }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_sums(steps: usize, a: *const u8, stride: usize, b: *const i8) -> Sums {
-        // SAFETY: the caller's promises are this function's.
-        unsafe { avx2::narrow_sums(steps, a, stride, b) }
-    }
 }
 
-/// The code that computes the integer sums.
+/// The code that computes the integer sums; every one gives the same sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Int8Kernel {
-    /// 256-bit integer vectors.
+    /// AVX-512 VNNI on 256-bit vectors: `vpdpbusd` / `vpdpwssd` multiply, add and
+    /// accumulate in one instruction.
+    Avx512Vnni,
+    /// The same instructions in their AVX-VNNI encoding.
+    AvxVnni,
+    /// AVX2: `vpmaddubsw` / `vpmaddwd`, then `vpaddd`.
     Avx2,
     /// Plain Rust, for CPUs without AVX2.
     Portable,
 }
 
 impl Int8Kernel {
+    /// Every kernel, the fastest first.
+    pub(crate) const ALL: [Int8Kernel; 4] = [
+        Int8Kernel::Avx512Vnni,
+        Int8Kernel::AvxVnni,
+        Int8Kernel::Avx2,
+        Int8Kernel::Portable,
+    ];
+
+    /// Whether this CPU runs it.
+    pub(crate) fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2");
+            match self {
+                Int8Kernel::Avx512Vnni => {
+                    avx2 && is_x86_feature_detected!("avx512vnni")
+                        && is_x86_feature_detected!("avx512vl")
+                }
+                Int8Kernel::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+                Int8Kernel::Avx2 => avx2,
+                Int8Kernel::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Int8Kernel::Portable
+        }
+    }
+
     /// The fastest this CPU runs.
     pub(crate) fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            return Int8Kernel::Avx2;
-        }
-        Int8Kernel::Portable
+        Self::ALL
+            .into_iter()
+            .find(|kernel| kernel.runs_here())
+            .unwrap_or(Int8Kernel::Portable)
     }
 }
 
@@ -264,19 +274,19 @@ impl<S: Scheme> QuantizedRows<S> {
         let mut values = vec![S::Input::default(); padded_rows * stride];
         let mut scales = vec![0.0; padded_rows];
         let mut zeros = vec![0; padded_rows];
-        let quantize =
-            |((q, x), (scale, zero)): ((&mut [S::Input], &[f32]), (&mut f32, &mut i32))| {
-                (*scale, *zero) = S::quantize_row(x, &mut q[..depth]);
-            };
         if depth > 0 {
             let rows = values.chunks_mut(stride).zip(x.chunks(depth));
+            let parameters = scales.iter_mut().zip(&mut zeros);
             if x.len() < PACKING_MIN_PARALLEL_LEN {
-                rows.zip(scales.iter_mut().zip(&mut zeros))
-                    .for_each(quantize);
+                rows.zip(parameters).for_each(|((q, x), (scale, zero))| {
+                    (*scale, *zero) = S::quantize_row(x, &mut q[..depth]);
+                });
             } else {
                 let rows = values.par_chunks_mut(stride).zip(x.par_chunks(depth));
                 let parameters = scales.par_iter_mut().zip(&mut zeros);
-                rows.zip(parameters).for_each(quantize);
+                rows.zip(parameters).for_each(|((q, x), (scale, zero))| {
+                    (*scale, *zero) = S::quantize_row(x, &mut q[..depth]);
+                });
             }
         }
         Self {
@@ -451,21 +461,31 @@ impl Int8Kernel {
     ///
     /// # Safety
     /// `y` is `[rows, block.stride]` and holds the block; no other thread writes its
-    /// columns. [`Int8Kernel::Avx2`] only where the CPU has AVX2.
+    /// columns. The CPU runs this kernel ([`Int8Kernel::runs_here`]).
     unsafe fn block<S: Scheme>(self, block: &Block, scales: &Scales<S>, y: *mut f32) {
         let steps = scales.weight.depth.div_ceil(S::STEP);
         let stride = scales.x.stride;
         let a = &scales.x.values[block.first_row * stride..][..GROUP * stride];
         let panel = block.first_column / PANEL * steps * PANEL * S::STEP;
         let b = &scales.weight.panels[panel..][..steps * PANEL * S::STEP];
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the caller vouches for the CPU and y; a and b hold `steps` steps.
-            Int8Kernel::Avx2 => unsafe {
-                avx2::block(steps, a.as_ptr(), stride, b.as_ptr(), block, scales, y)
-            },
-            // SAFETY: as above.
-            _ => unsafe { store(&portable_sums::<S>(a, stride, b), block, scales, y) },
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: the caller vouches for the CPU and y; a and b hold `steps` steps.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Avx512Vnni => {
+                    x86::block_avx512_vnni(steps, a, stride, b, block, scales, y)
+                }
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::AvxVnni => x86::block_avx_vnni(steps, a, stride, b, block, scales, y),
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Avx2 => x86::block_avx2(steps, a, stride, b, block, scales, y),
+                _ => {
+                    let a = std::slice::from_raw_parts(a, GROUP * stride);
+                    let b = std::slice::from_raw_parts(b, steps * PANEL * S::STEP);
+                    store(&portable_sums::<S>(a, stride, b), block, scales, y)
+                }
+            }
         }
     }
 }
@@ -524,16 +544,19 @@ unsafe fn store<S: Scheme>(sums: &Sums, block: &Block, scales: &Scales<S>, y: *m
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod x86 {
     use super::{store, Block, Scales, Scheme, Sums, GROUP, PANEL};
     use std::arch::x86_64::*;
+    use std::mem::size_of;
 
-    /// The scheme's sums, then [`store`] compiled for AVX2.
+    /// The 6 x 16 sums on AVX2: u8·i8 quads by `vpmaddubsw` (pairs into i16, which the
+    /// weights' seven bits keep from saturating) and `vpmaddwd` by ones; i16 pairs by
+    /// `vpmaddwd`; then [`store`].
     ///
     /// # Safety
-    /// The CPU must have AVX2; the rest as [`Scheme::avx2_sums`] and [`store`].
+    /// The CPU must have AVX2; the rest as [`sums`] and [`store`].
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn block<S: Scheme>(
+    pub(super) unsafe fn block_avx2<S: Scheme>(
         steps: usize,
         a: *const S::Input,
         stride: usize,
@@ -542,24 +565,104 @@ mod avx2 {
         scales: &Scales<S>,
         y: *mut f32,
     ) {
+        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
+        let ones = _mm256_set1_epi16(1);
         // SAFETY: the caller's promises are these functions'.
-        unsafe { store(&S::avx2_sums(steps, a, stride, b), block, scales, y) }
+        let sums = unsafe {
+            if size_of::<S::Input>() == 1 {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b), ones))
+                })
+            } else {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_add_epi32(acc, _mm256_madd_epi16(x, b))
+                })
+            }
+        };
+        // SAFETY: as above.
+        unsafe { store(&sums, block, scales, y) }
     }
 
-    /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `steps` steps of `4 / size` values of
-    /// `size` bytes: per step, each row's 4 bytes broadcast against the panel's two 32-byte
-    /// halves, `product` giving each column's sum of the step in an i32 lane.
+    /// The same sums by AVX-512 VNNI's `vpdpbusd` / `vpdpwssd` on 256-bit vectors, which
+    /// never saturate; then [`store`].
     ///
     /// # Safety
-    /// The CPU must have AVX2, and this is inlined into a function compiled for it; `a`
-    /// has 6 rows of `steps · 4` bytes `stride` bytes apart, `b` `steps · 64` bytes.
+    /// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; the rest as [`sums`] and
+    /// [`store`].
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    pub(super) unsafe fn block_avx512_vnni<S: Scheme>(
+        steps: usize,
+        a: *const S::Input,
+        stride: usize,
+        b: *const S::Weight,
+        block: &Block,
+        scales: &Scales<S>,
+        y: *mut f32,
+    ) {
+        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
+        // SAFETY: the caller's promises are these functions'.
+        let sums = unsafe {
+            if size_of::<S::Input>() == 1 {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_dpbusd_epi32(acc, x, b)
+                })
+            } else {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_dpwssd_epi32(acc, x, b)
+                })
+            }
+        };
+        // SAFETY: as above.
+        unsafe { store(&sums, block, scales, y) }
+    }
+
+    /// The same sums by AVX-VNNI's `vpdpbusd` / `vpdpwssd`; then [`store`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and AVX-VNNI; the rest as [`sums`] and [`store`].
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn block_avx_vnni<S: Scheme>(
+        steps: usize,
+        a: *const S::Input,
+        stride: usize,
+        b: *const S::Weight,
+        block: &Block,
+        scales: &Scales<S>,
+        y: *mut f32,
+    ) {
+        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
+        // SAFETY: the caller's promises are these functions'.
+        let sums = unsafe {
+            if size_of::<S::Input>() == 1 {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_dpbusd_avx_epi32(acc, x, b)
+                })
+            } else {
+                sums(steps, a, stride, b, |acc, x, b| {
+                    _mm256_dpwssd_avx_epi32(acc, x, b)
+                })
+            }
+        };
+        // SAFETY: as above.
+        unsafe { store(&sums, block, scales, y) }
+    }
+
+    /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `steps` steps of 4 bytes (4 u8 or 2 i16
+    /// values): per step, each row's 4 bytes broadcast against the panel's two 32-byte
+    /// halves, `accumulate(sums, inputs, weights)` adding each column's products of the
+    /// step into its i32 lane.
+    ///
+    /// # Safety
+    /// Inlined into a function compiled for the instructions `accumulate` uses, which the
+    /// CPU has; `a` has 6 rows of `steps · 4` bytes `stride` bytes apart, `b` `steps · 64`
+    /// bytes.
     #[inline(always)]
     unsafe fn sums(
         steps: usize,
         a: *const u8,
         stride: usize,
         b: *const u8,
-        product: impl Fn(__m256i, __m256i) -> __m256i,
+        accumulate: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
     ) -> Sums {
         let mut acc = [[_mm256_setzero_si256(); 2]; GROUP];
         for step in 0..steps {
@@ -574,10 +677,10 @@ mod avx2 {
             };
             for (r, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: row r's 4 bytes of this step.
-                let x =
-                    _mm256_set1_epi32(unsafe { a.add(r * stride).cast::<i32>().read_unaligned() });
-                acc[0] = _mm256_add_epi32(acc[0], product(x, b0));
-                acc[1] = _mm256_add_epi32(acc[1], product(x, b1));
+                let x = unsafe { a.add(r * stride).cast::<i32>().read_unaligned() };
+                let x = _mm256_set1_epi32(x);
+                acc[0] = accumulate(acc[0], x, b0);
+                acc[1] = accumulate(acc[1], x, b1);
             }
         }
         let mut sums = [[0; PANEL]; GROUP];
@@ -589,46 +692,6 @@ mod avx2 {
             }
         }
         sums
-    }
-
-    /// [`super::Wide`]'s sums: `vpmaddwd` multiplies i16 pairs and adds each pair into i32.
-    ///
-    /// # Safety
-    /// As [`Scheme::avx2_sums`].
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub(super) unsafe fn wide_sums(
-        steps: usize,
-        a: *const i16,
-        stride: usize,
-        b: *const i16,
-    ) -> Sums {
-        // SAFETY: i16 values, so `stride · 2` bytes apart; the rest is the caller's.
-        unsafe {
-            sums(steps, a.cast(), stride * 2, b.cast(), |x, b| {
-                _mm256_madd_epi16(x, b)
-            })
-        }
-    }
-
-    /// [`super::Narrow`]'s sums: `vpmaddubsw` multiplies u8·i8 and adds pairs into i16
-    /// (which the weights' seven bits keep from saturating), `vpmaddwd` by ones adds the
-    /// pairs into i32.
-    ///
-    /// # Safety
-    /// As [`Scheme::avx2_sums`].
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub(super) unsafe fn narrow_sums(
-        steps: usize,
-        a: *const u8,
-        stride: usize,
-        b: *const i8,
-    ) -> Sums {
-        let ones = _mm256_set1_epi16(1);
-        let product = |x, b| _mm256_madd_epi16(_mm256_maddubs_epi16(x, b), ones);
-        // SAFETY: the caller's promises.
-        unsafe { sums(steps, a, stride, b.cast(), product) }
     }
 }
 
@@ -650,15 +713,14 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel this CPU runs, each one it cannot named on stderr.
     fn kernels() -> Vec<Int8Kernel> {
-        let mut kernels = vec![Int8Kernel::Portable];
-        match Int8Kernel::best() {
-            Int8Kernel::Portable => {
-                eprintln!("the avx2 int8 kernels are not tested: this CPU lacks AVX2")
-            }
-            best => kernels.push(best),
+        let (runs, lacks): (Vec<_>, Vec<_>) =
+            Int8Kernel::ALL.into_iter().partition(|k| k.runs_here());
+        for kernel in lacks {
+            eprintln!("the {kernel:?} int8 kernel is not tested: this CPU lacks its instructions");
         }
-        kernels
+        runs
     }
 
     /// The inputs as the product sees them: each row quantized and restored.
