@@ -549,103 +549,67 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::size_of;
 
-    /// The 6 x 16 sums on AVX2: u8·i8 quads by `vpmaddubsw` (pairs into i16, which the
-    /// weights' seven bits keep from saturating) and `vpmaddwd` by ones; i16 pairs by
-    /// `vpmaddwd`; then [`store`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2; the rest as [`sums`] and [`store`].
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn block_avx2<S: Scheme>(
-        steps: usize,
-        a: *const S::Input,
-        stride: usize,
-        b: *const S::Weight,
-        block: &Block,
-        scales: &Scales<S>,
-        y: *mut f32,
-    ) {
-        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
-        let ones = _mm256_set1_epi16(1);
-        // SAFETY: the caller's promises are these functions'.
-        let sums = unsafe {
-            if size_of::<S::Input>() == 1 {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, b), ones))
-                })
-            } else {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_add_epi32(acc, _mm256_madd_epi16(x, b))
-                })
+    /// Defines `pub(super) unsafe fn $name<S: Scheme>(steps, a, stride, b, block, scales,
+    /// y)`, compiled for `$features`: the 6 x 16 sums of [`sums`] with `$quads`
+    /// accumulating u8·i8 quads (the narrow scheme) or `$pairs` i16 pairs (the wide one),
+    /// then [`store`].
+    macro_rules! block {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $quads:expr, $pairs:expr) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU must have the instructions named above; the rest as [`sums`] and
+            /// [`store`].
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<S: Scheme>(
+                steps: usize,
+                a: *const S::Input,
+                stride: usize,
+                b: *const S::Weight,
+                block: &Block,
+                scales: &Scales<S>,
+                y: *mut f32,
+            ) {
+                let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
+                // SAFETY: the caller's promises are these functions'.
+                let sums = unsafe {
+                    match size_of::<S::Input>() {
+                        1 => sums(steps, a, stride, b, $quads),
+                        _ => sums(steps, a, stride, b, $pairs),
+                    }
+                };
+                // SAFETY: as above.
+                unsafe { store(&sums, block, scales, y) }
             }
         };
-        // SAFETY: as above.
-        unsafe { store(&sums, block, scales, y) }
     }
 
-    /// The same sums by AVX-512 VNNI's `vpdpbusd` / `vpdpwssd` on 256-bit vectors, which
-    /// never saturate; then [`store`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; the rest as [`sums`] and
-    /// [`store`].
-    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    pub(super) unsafe fn block_avx512_vnni<S: Scheme>(
-        steps: usize,
-        a: *const S::Input,
-        stride: usize,
-        b: *const S::Weight,
-        block: &Block,
-        scales: &Scales<S>,
-        y: *mut f32,
-    ) {
-        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
-        // SAFETY: the caller's promises are these functions'.
-        let sums = unsafe {
-            if size_of::<S::Input>() == 1 {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_dpbusd_epi32(acc, x, b)
-                })
-            } else {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_dpwssd_epi32(acc, x, b)
-                })
-            }
-        };
-        // SAFETY: as above.
-        unsafe { store(&sums, block, scales, y) }
-    }
-
-    /// The same sums by AVX-VNNI's `vpdpbusd` / `vpdpwssd`; then [`store`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and AVX-VNNI; the rest as [`sums`] and [`store`].
-    #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn block_avx_vnni<S: Scheme>(
-        steps: usize,
-        a: *const S::Input,
-        stride: usize,
-        b: *const S::Weight,
-        block: &Block,
-        scales: &Scales<S>,
-        y: *mut f32,
-    ) {
-        let (a, b, stride) = (a.cast(), b.cast(), stride * size_of::<S::Input>());
-        // SAFETY: the caller's promises are these functions'.
-        let sums = unsafe {
-            if size_of::<S::Input>() == 1 {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_dpbusd_avx_epi32(acc, x, b)
-                })
-            } else {
-                sums(steps, a, stride, b, |acc, x, b| {
-                    _mm256_dpwssd_avx_epi32(acc, x, b)
-                })
-            }
-        };
-        // SAFETY: as above.
-        unsafe { store(&sums, block, scales, y) }
-    }
+    block!(
+        /// AVX2: quads by `vpmaddubsw` (pairs into i16, which the weights' seven bits keep
+        /// from saturating) and `vpmaddwd` by ones, pairs by `vpmaddwd`, then `vpaddd`.
+        block_avx2,
+        "avx2",
+        |acc, x, b| {
+            let pairs = _mm256_maddubs_epi16(x, b);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        },
+        |acc, x, b| _mm256_add_epi32(acc, _mm256_madd_epi16(x, b))
+    );
+    block!(
+        /// AVX-512 VNNI on 256-bit vectors: `vpdpbusd` and `vpdpwssd` multiply, add and
+        /// accumulate in one instruction, without saturating.
+        block_avx512_vnni,
+        "avx2,avx512vnni,avx512vl",
+        |acc, x, b| _mm256_dpbusd_epi32(acc, x, b),
+        |acc, x, b| _mm256_dpwssd_epi32(acc, x, b)
+    );
+    block!(
+        /// AVX-VNNI: the same instructions in their VEX encoding.
+        block_avx_vnni,
+        "avx2,avxvnni",
+        |acc, x, b| _mm256_dpbusd_avx_epi32(acc, x, b),
+        |acc, x, b| _mm256_dpwssd_avx_epi32(acc, x, b)
+    );
 
     /// `sums[r][c] = Σ_k a[r, k] · b[c, k]` over `steps` steps of 4 bytes (4 u8 or 2 i16
     /// values): per step, each row's 4 bytes broadcast against the panel's two 32-byte
