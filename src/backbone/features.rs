@@ -1,8 +1,9 @@
 //! Frozen-encoder features of a set of images, stored as one safetensors file: tensor
 //! `features` [N,D] f32, and in the metadata the image paths in row order, their content
 //! hashes, labels when known, the backbone, its weights fingerprint, the encoder's
-//! precision (files without one are f32), the preprocessing and the gfer version. Extraction is batched, resumable (rows whose content hash is
-//! already in the file are not encoded again) and safe to interrupt.
+//! precision (files without one are f32), the preprocessing and the gfer version.
+//! Extraction is batched, resumable (rows whose content hash is already in the file are not
+//! encoded again) and safe to interrupt.
 //!
 //! A job array shares the work out: task K of N writes the rows of every N-th image from
 //! the K-th to its own file ([`shard_path`]); the same extraction without a shard then
@@ -383,8 +384,6 @@ fn new_rows(
     rows
 }
 
-/// Where task K of N writes its part of `out`: `feats.safetensors` ->
-/// `feats.shard-0-of-4.safetensors`.
 /// The cosine similarity of each row of two `[N, D]` feature batches: how far a quantized
 /// encoder moved each image's feature from f32's.
 pub fn cosine_similarities(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
@@ -395,6 +394,8 @@ pub fn cosine_similarities(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     Ok(cosine.to_dtype(DType::F32)?.to_vec1()?)
 }
 
+/// Where task K of N writes its part of `out`: `feats.safetensors` ->
+/// `feats.shard-0-of-4.safetensors`.
 pub fn shard_path(out: &Path, shard: Shard) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     let name = match out.extension() {

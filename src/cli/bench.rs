@@ -700,38 +700,21 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
     use gfer::eval::precision::{compare_precisions, PrecisionComparison, Runner};
     use gfer::model::inference::ExpressionModel;
     let cpu = candle_core::Device::Cpu;
-    let name = args.precision.name();
-    let load_model = |model: &std::path::Path, precision: Precision| {
-        ExpressionModel::load(model, Some(&args.weights), precision, &cpu)
-            .with_context(|| format!("loading {} in {}", model.display(), precision.name()))
-    };
-    let load = |precision: Precision| {
-        load_encoder(None, &args.weights, &cpu, precision)
-            .with_context(|| format!("loading {} in {}", args.weights.display(), precision.name()))
-    };
-    let (models, encoders) = match &args.model {
-        Some(model) => (
-            Some((
-                load_model(model, Precision::F32)?,
-                load_model(model, args.precision)?,
+    let load = |precision: Precision| -> anyhow::Result<Runner> {
+        let what = args.model.as_ref().unwrap_or(&args.weights);
+        let context = || format!("loading {} in {}", what.display(), precision.name());
+        Ok(match &args.model {
+            Some(model) => Runner::Model(Box::new(
+                ExpressionModel::load(model, Some(&args.weights), precision, &cpu)
+                    .with_context(context)?,
             )),
-            None,
-        ),
-        None => (None, Some((load(Precision::F32)?, load(args.precision)?))),
+            None => Runner::Encoder(
+                load_encoder(None, &args.weights, &cpu, precision).with_context(context)?,
+            ),
+        })
     };
-    let (exact, quantized, preprocess) = match (&models, &encoders) {
-        (Some((exact, quantized)), _) => (
-            Runner::Model(exact),
-            Runner::Model(quantized),
-            exact.preprocess(),
-        ),
-        (None, Some((exact, quantized))) => (
-            Runner::Encoder(exact.as_ref()),
-            Runner::Encoder(quantized.as_ref()),
-            gfer::image::Preprocess::new(args.preprocess, exact.input_size() as u32),
-        ),
-        (None, None) => unreachable!("one of the two was loaded above"),
-    };
+    let (exact, quantized) = (load(Precision::F32)?, load(args.precision)?);
+    let preprocess = exact.preprocess(args.preprocess);
     let limits = gfer::image::DecodeLimits::default();
     let mut results: Vec<(String, PrecisionComparison)> = Vec::new();
     for spec in &args.data {
@@ -759,6 +742,18 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
         }
         results.push((spec.clone(), comparison));
     }
+    report_precision(&args, &results);
+    Ok(())
+}
+
+/// Prints what `gfer bench precision` measured: a row per data set and one for all of them
+/// (accuracies as means over the data sets), as a table or one JSON object.
+fn report_precision(
+    args: &PrecisionBenchArgs,
+    results: &[(String, gfer::eval::precision::PrecisionComparison)],
+) {
+    use gfer::eval::precision::PrecisionComparison;
+    let name = args.precision.name();
     let accuracy =
         |m: &Option<gfer::eval::metrics::Metrics>| m.as_ref().map(|m| 100.0 * m.accuracy);
     let images: usize = results.iter().map(|(_, c)| c.cosines.len()).sum();
@@ -793,7 +788,7 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
                 "mean_f32_accuracy": mean_f32, "mean_quantized_accuracy": mean_quantized,
             })
         );
-        return Ok(());
+        return;
     }
     let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     println!("{name} against f32, {}", args.weights.display());
@@ -801,7 +796,7 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
         "| data | images | lowest cosine | median cosine | f32 accuracy | {name} accuracy | changed predictions |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (spec, c) in &results {
+    for (spec, c) in results {
         println!(
             "| {spec} | {} | {:.5} | {:.5} | {} | {} | {} |",
             c.cosines.len(),
@@ -833,5 +828,4 @@ fn precision(args: PrecisionBenchArgs) -> anyhow::Result<()> {
             "-".into()
         },
     );
-    Ok(())
 }

@@ -172,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn the_precision_flag_parses_its_three_names_and_defaults_to_f32() {
+    fn the_precision_flag_parses_its_names_and_defaults_to_f32() {
         let parse = |args: &[&str]| {
             let args = std::iter::once("gfer").chain(args.iter().copied());
             Cli::try_parse_from(args).map(|cli| cli.precision.precision)
@@ -181,6 +181,10 @@ mod tests {
         assert_eq!(parse(&["--precision", "f32"]).unwrap(), Precision::F32);
         assert_eq!(parse(&["--precision", "bf16"]).unwrap(), Precision::Bf16);
         assert_eq!(parse(&["--precision=int8"]).unwrap(), Precision::Int8);
+        assert_eq!(
+            parse(&["--precision", "int8-fast"]).unwrap(),
+            Precision::Int8Fast
+        );
         let error = parse(&["--precision", "fp16"]).unwrap_err().to_string();
         assert!(
             error.contains("invalid value 'fp16' for '--precision <PRECISION>'")

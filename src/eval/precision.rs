@@ -8,18 +8,26 @@ use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::eval::evaluate::decode_labelled;
 use crate::eval::metrics::{Confusion, Metrics};
-use crate::image::{DecodeLimits, Preprocess};
+use crate::image::{DecodeLimits, Preprocess, Preset};
 use crate::model::inference::ExpressionModel;
 use crate::model::Trainable;
 use candle_core::{Device, Tensor};
 
 /// One precision's way from pixels to features, and to logits where there is a model.
-pub enum Runner<'a> {
-    Encoder(&'a dyn Encoder),
-    Model(&'a ExpressionModel),
+pub enum Runner {
+    Encoder(Box<dyn Encoder>),
+    Model(Box<ExpressionModel>),
 }
 
-impl Runner<'_> {
+impl Runner {
+    /// The model's preprocessing, or `preset` at the encoder's input size.
+    pub fn preprocess(&self, preset: Preset) -> Preprocess {
+        match self {
+            Runner::Encoder(encoder) => Preprocess::new(preset, encoder.input_size() as u32),
+            Runner::Model(model) => model.preprocess(),
+        }
+    }
+
     /// `[B,3,S,S]` pixels -> `[B,D]` features and, for a model, `[B,C]` logits.
     fn run(&self, pixels: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         match self {

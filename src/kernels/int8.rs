@@ -65,15 +65,11 @@ impl Scheme for Wide {
     /// Symmetric: `x ≈ scale · q` with `|q|` as large as keeps a row's sums in an i32.
     fn quantize_row(x: &[f32], q: &mut [i16]) -> (f32, i32) {
         let limit = ((i32::MAX as usize / (x.len().max(1) * 127)).min(i16::MAX as usize)) as f32;
-        let Some((low, high)) = finite_range(x) else {
-            q.fill(0);
-            return (f32::NAN, 0);
+        let (low, high) = match row_range(x, q) {
+            Ok(range) => range,
+            Err(parameters) => return parameters,
         };
         let largest = high.max(-low);
-        if largest == 0.0 {
-            q.fill(0);
-            return (0.0, 0);
-        }
         quantize_wide(x, q, limit / largest, limit);
         (largest / limit, 0)
     }
@@ -91,15 +87,12 @@ impl Scheme for Narrow {
 
     /// Asymmetric: `x ≈ scale · (q - zero)`, `q` in 0..=255, the range holding 0.0.
     fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
-        let Some((low, high)) = finite_range(x) else {
-            q.fill(0);
-            return (f32::NAN, 0);
+        let (low, high) = match row_range(x, q) {
+            Ok(range) => range,
+            Err(parameters) => return parameters,
         };
-        let scale = (high - low) / 255.0;
-        if scale == 0.0 {
-            q.fill(0);
-            return (0.0, 0);
-        }
+        // At least the smallest normal float, so that a range of subnormals divides.
+        let scale = ((high - low) / 255.0).max(f32::MIN_POSITIVE);
         let zero = round((-low / scale).min(255.0));
         quantize_narrow(x, q, 1.0 / scale, zero as f32);
         (scale, zero)
@@ -299,8 +292,20 @@ impl<S: Scheme> QuantizedRows<S> {
     }
 }
 
-/// The least and the greatest of 0 and `x`; `None` if `x` holds a NaN or an infinity (its
-/// row's outputs are then NaN, as f32's would be). Written over 16 lanes, with comparisons
+/// A row's range, or, for a row with none to quantize, its zeroed `q` and its parameters:
+/// scale 0 for a row of zeros, NaN for one holding a NaN or an infinity (its outputs are
+/// then NaN, as f32's would be).
+fn row_range<Q: Default + Copy>(x: &[f32], q: &mut [Q]) -> Result<(f32, f32), (f32, i32)> {
+    let parameters = match finite_range(x) {
+        Some((low, high)) if high > low => return Ok((low, high)),
+        Some(_) => (0.0, 0),
+        None => (f32::NAN, 0),
+    };
+    q.fill(Q::default());
+    Err(parameters)
+}
+
+/// The least and the greatest of 0 and `x`; `None` if `x` holds a NaN or an infinity. Written over 16 lanes, with comparisons
 /// rather than `f32::min`, so that it vectorises.
 fn finite_range(x: &[f32]) -> Option<(f32, f32)> {
     let (mut low, mut high, mut poison) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 16]);
